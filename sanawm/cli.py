@@ -1,0 +1,257 @@
+"""``sanawm``: generate a clip from an engine bundle, run the CPU demo, encode a prompt.
+
+    sanawm generate --bundle DIR --image start.png (--camera c2w.npy [--intrinsics K.npy] | --action "w-80,..."
+                    | --preset orbit) [--prompt-embeddings prompt.safetensors] --seconds 60 --seed 0
+                    --backend onnxruntime --out clip.mp4 [--png-dir DIR] [--save-latents PATH] [--no-refiner]
+    sanawm demo [--out demo.mp4] [--bundle-dir DIR] [--seconds N]
+    sanawm encode-prompt ...            (build side: Gemma text encoder; see `sanawm encode-prompt -h`)
+
+The generate and demo commands never import torch (the demo builds its tiny bundle in a subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+FPS = 16  # output video frame rate of SANA-WM
+TEMPORAL_STRIDE = 8
+DEFAULT_HFOV_DEG = 60.0  # intrinsics when none are given: 60 degree horizontal field of view, centred
+
+
+class CLIError(ValueError):
+    """A user-facing error: printed as `error: ...` with exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def default_intrinsics(hw: tuple[int, int]) -> np.ndarray:
+    """[fx, fy, cx, cy] in pixels of an (H, W) image for a 60 degree horizontal field of view."""
+    h, w = hw
+    f = 0.5 * w / math.tan(math.radians(DEFAULT_HFOV_DEG) / 2)
+    return np.array([f, f, w / 2.0, h / 2.0])
+
+
+def load_image(path) -> np.ndarray:
+    """RGB uint8 [H, W, 3] from an image file; refuses non-RGB images with the fix."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"--image {p} does not exist")
+    with Image.open(p) as im:
+        if im.mode not in ("RGB", "RGBA", "L", "P"):
+            raise CLIError(f"--image {p} has mode {im.mode}; convert it to 8-bit RGB")
+        if im.mode == "RGBA" and np.asarray(im)[..., 3].min() < 255:
+            raise CLIError(f"--image {p} has transparent pixels (RGBA); flatten it onto a background as RGB first")
+        if im.mode != "RGB":
+            warnings.warn(f"--image {p} is {im.mode}; converting to RGB", stacklevel=2)
+        return np.asarray(im.convert("RGB"))
+
+
+def target_num_frames(seconds: float) -> int:
+    """Video frames F = 24k + 1 closest to ``seconds`` at 16 fps (the output has F - 1 frames)."""
+    from .camera import snap_streaming_num_frames
+
+    if not seconds > 0:
+        raise CLIError(f"--seconds must be positive; got {seconds}")
+    return snap_streaming_num_frames(int(round(seconds * FPS)) + 1)
+
+
+def camera_path(args, image_hw: tuple[int, int], num_frames: int):
+    """The trajectory from --camera / --action / --preset, intrinsics in pixels of the source image."""
+    from . import camera as cam
+
+    if args.intrinsics is not None and args.camera is None:
+        raise CLIError("--intrinsics goes with --camera (actions and presets use a default 60 degree lens)")
+    K = default_intrinsics(image_hw)
+    if args.camera is not None:
+        p = Path(args.camera)
+        if p.suffix == ".npz":
+            return cam.load_bench_npz(p, image_hw=image_hw)
+        if p.suffix == ".txt":
+            return cam.load_re10k_txt(p, image_hw)
+        return cam.load_c2w_npy(p, str(args.intrinsics) if args.intrinsics else K, image_hw=image_hw)
+    if args.action is not None:
+        return cam.action_path(args.action, K, image_hw=image_hw)
+    return cam.preset_path(args.preset, num_frames, K, image_hw=image_hw)
+
+
+def prepare_inputs(runtime, args, num_frames: int):
+    """(first frame or latent, (camera_conditions, plucker), F) for ``runtime`` from the CLI arguments."""
+    from . import camera as cam
+
+    cfg = runtime.cfg
+    if args.latent is not None:
+        first = np.load(args.latent, allow_pickle=False).astype(np.float32)
+        src_hw = runtime.image_hw
+    else:
+        first = load_image(args.image)
+        src_hw = first.shape[:2]
+    path = camera_path(args, src_hw, num_frames)
+    if args.latent is None:
+        first, path = cam.prepare_first_frame(first, path, runtime.image_hw)
+    else:
+        path = path.with_image_hw(src_hw)
+    if len(path) < num_frames:
+        have = (len(path) - 1) / FPS
+        warnings.warn(f"the camera path covers {have:.1f} s; the clip is cut to that length", stacklevel=2)
+    path = cam.fit_num_frames(path, num_frames, stride=TEMPORAL_STRIDE * cfg.chunk_size)
+    F = len(path)
+    inputs = cam.prepare_camera(path, F, latent_hw=(cfg.latent_height, cfg.latent_width), image_hw=runtime.image_hw)
+    return first, (inputs.camera_conditions, inputs.chunk_plucker), F
+
+
+def prompt_inputs(runtime, path):
+    from .runtime.prompt import ENCODE_HINT, PromptEmbeddings, load_prompt
+
+    if path is None:
+        print(f"warning: no --prompt-embeddings given, using an empty (all-zero) prompt; {ENCODE_HINT}", file=sys.stderr)
+        return PromptEmbeddings.zeros(runtime.cfg)
+    return load_prompt(path, runtime.cfg)
+
+
+# ------------------------------------------------------------------------------------------ running
+def render(session, out, png_dir=None, save_latents=None, stream=None) -> dict:
+    """Run ``session`` to the end, writing MP4 (+ PNG, latents) chunk by chunk; returns a summary."""
+    from .runtime.frames import latent_preview
+    from .runtime.progress import Progress
+    from .runtime.video import LatentWriter, PNGWriter, ProgressiveMP4Writer
+
+    writers = []
+    mp4 = ProgressiveMP4Writer(out) if out else None
+    png = PNGWriter(png_dir) if png_dir else None
+    lat = LatentWriter(save_latents) if save_latents else None
+    writers = [w for w in (mp4, png, lat) if w is not None]
+    progress = Progress(session.num_chunks, session.num_output_frames, stream)
+    cfg = session.cfg
+    scale = max(2, 2 * math.ceil(128 / (2 * cfg.latent_width)))  # preview at least ~128 px wide, even size
+    previewed = False
+    try:
+        for chunk in session:
+            frames = chunk.frames
+            if frames is None:
+                if not previewed:
+                    print("warning: the bundle has no VAE decoder; the video is a latent preview (channels 0-2)",
+                          file=sys.stderr)
+                    previewed = True
+                frames = latent_preview(chunk.refined, scale=scale, drop_first=chunk.index == 0)
+            for w in (mp4, png):
+                if w is not None:
+                    w.write_chunk(frames)
+            if lat is not None:
+                lat.write_chunk(chunk.refined)
+            progress.update(frames.shape[0])
+    finally:
+        for w in writers:  # finish the files; the MP4 is playable even when this never runs
+            w.close()
+    return {"chunks": progress.chunks, "frames": progress.frames, "preview": previewed}
+
+
+def cmd_generate(args) -> int:
+    from .runtime import Runtime
+
+    if (args.image is None) == (args.latent is None):
+        raise CLIError("give exactly one of --image start.png or --latent first_latent.npy")
+    if sum(x is not None for x in (args.camera, args.action, args.preset)) != 1:
+        raise CLIError("give exactly one camera source: --camera path.npy, --action \"w-80,...\" or --preset NAME")
+    bundle = Path(args.bundle)
+    if not bundle.is_dir():
+        raise CLIError(f"--bundle {bundle} does not exist; build one with `sanawm-export --out {bundle} ...`")
+    num_frames = target_num_frames(args.seconds)
+    runtime = Runtime.load(bundle, args.backend, refiner=not args.no_refiner)
+    first, camera, F = prepare_inputs(runtime, args, num_frames)
+    prompt = prompt_inputs(runtime, args.prompt_embeddings)
+    session = runtime.start(first, prompt, camera, seed=args.seed, num_frames=F)
+    print(f"generating {session.num_output_frames} frames ({session.num_output_frames / FPS:.1f} s) in "
+          f"{session.num_chunks} chunks -> {args.out}", file=sys.stderr)
+    render(session, args.out, args.png_dir, args.save_latents)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .runtime import PromptEmbeddings, Runtime
+
+    bundle = Path(args.bundle_dir)
+    if not (bundle / "manifest.json").is_file():
+        print(f"building the tiny random bundle in {bundle} (once; needs the build side: torch, onnx) ...", file=sys.stderr)
+        # a subprocess keeps this process torch-free; sanawm.export is imported only there
+        code = "import sys; from sanawm.export.cli import main; sys.exit(main(sys.argv[1:]))"
+        cmd = [sys.executable, "-c", code, "--random", "--config", "tiny", "--out", str(bundle)]
+        r = subprocess.run(cmd)
+        if r.returncode != 0:
+            raise CLIError(f"building the demo bundle failed (exit {r.returncode}): {' '.join(cmd[3:])}")
+    runtime = Runtime.load(bundle, "onnxruntime")
+    cfg = runtime.cfg
+    from . import camera as cam
+
+    F = target_num_frames(args.seconds)
+    path = cam.preset_path("orbit", F, default_intrinsics(runtime.image_hw), image_hw=runtime.image_hw)
+    inputs = cam.prepare_camera(path, F, latent_hw=(cfg.latent_height, cfg.latent_width), image_hw=runtime.image_hw)
+    rng = np.random.default_rng(0)
+    first = rng.standard_normal((1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width)).astype(np.float32)
+    session = runtime.start(first, PromptEmbeddings.zeros(cfg), (inputs.camera_conditions, inputs.chunk_plucker),
+                            seed=args.seed, num_frames=F)
+    print(f"demo: {session.num_chunks} chunks on CPU (onnxruntime) -> {args.out}", file=sys.stderr)
+    render(session, args.out)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sanawm", description="SANA-WM world-model runtime (torch-free)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a clip from a bundle, a first frame and a camera path")
+    g.add_argument("--bundle", required=True, help="engine bundle folder (from sanawm-export)")
+    g.add_argument("--image", help="first frame (any size: resized and centre-cropped to the model frame)")
+    g.add_argument("--latent", help="first-frame latent .npy [1, C, 1, h, w] instead of --image (no VAE encoder needed)")
+    g.add_argument("--camera", help="camera path: c2w .npy (F, 4, 4), SANA-WM-Bench .npz or RealEstate10K .txt")
+    g.add_argument("--intrinsics", help="intrinsics .npy for --camera .npy: (4,), (3, 3), (F, 4) or (F, 3, 3) in image pixels")
+    g.add_argument("--action", help='action string, e.g. "w-80,dw-40,none-10" (one pose per frame)')
+    g.add_argument("--preset", help="named camera motion, e.g. orbit, dolly_in, pan_left")
+    g.add_argument("--prompt-embeddings", help="prompt file from `sanawm encode-prompt` (.safetensors) or .npz")
+    g.add_argument("--seconds", type=float, default=10.0, help="clip length at 16 fps (snapped to 1.5 s steps)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--backend", default="onnxruntime", help="onnxruntime | tensorrt | tensorrt_rtx")
+    g.add_argument("--out", default="clip.mp4", help="output MP4 (playable while it is being written)")
+    g.add_argument("--png-dir", help="also write every frame as PNG here")
+    g.add_argument("--save-latents", help="also write the clip's latents [1, C, T, h, w] to this .npy")
+    g.add_argument("--no-refiner", action="store_true", help="skip the stage-2 refiner even if the bundle has one")
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="build (once) a tiny random bundle and render a short clip on CPU")
+    d.add_argument("--out", default="demo.mp4")
+    d.add_argument("--bundle-dir", default="sanawm-demo-bundle")
+    d.add_argument("--seconds", type=float, default=3.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    sub.add_parser("encode-prompt", help="encode a prompt into a file the runtime reads (build side; see its -h)")
+    return ap
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["encode-prompt"]:  # hand every argument (-h included) to the build-side command
+        from .text.cli import main as encode_prompt
+
+        return int(encode_prompt(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # bad input (CLIError, BundleError, camera validation, ...): say what and how to fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the video written so far is playable", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""``sanawm-export``: checkpoint -> engine bundle (ONNX, FP8 Q/DQ, TensorRT / TensorRT-RTX plans, manifest).
+
+    sanawm-export --checkpoint PATH | --random  --config tiny|full  --out DIR
+                  [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp8]
+                  [--engines generator_first,generator_next] [--calib-chunks N] [--timing-cache PATH]
+
+Each stage is skipped when its artifact exists with its recorded hash and unchanged inputs (one log line
+per stage). Engine ``toy`` (``sanawm.export.toy``) is a small stand-in for smoke tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..bundle import BACKENDS, PLAN_BACKENDS
+from ..spec import StepIO
+
+log = logging.getLogger("sanawm.export")
+GENERATOR_ENGINES = ("generator_first", "generator_next")
+
+
+@dataclass
+class EngineJob:
+    name: str
+    kind: str
+    module: object  # torch module, StepIO convention
+    io: StepIO
+    calibrate: Callable  # calibrate(qmodule) for FP8
+    sample: dict  # numpy feeds for tracing and the ORT check
+    notes: str
+
+
+# --------------------------------------------------------------------------------- generator engines
+def generator_feeds(cfg, first: bool, seed: int, t: float = 960.0, chunk: int | None = None) -> dict[str, np.ndarray]:
+    """Plausible numpy feeds for one generator_step call (noise latents, identity cameras, zero state,
+    a random half-filled window)."""
+    from ..spec import generator_step_io
+
+    io = generator_step_io(cfg, first)
+    rng = np.random.default_rng(seed)
+    n = cfg.first_chunk_size if first else cfg.chunk_size
+    c = 0 if first else (chunk or 1)
+    start = 0 if first else cfg.first_chunk_size + (c - 1) * cfg.chunk_size
+    cam = np.zeros((1, n, 20), np.float32)
+    cam[..., :16] = np.eye(4, dtype=np.float32).reshape(16)
+    cam[..., 16:] = [cfg.latent_width, cfg.latent_width, cfg.latent_width / 2, cfg.latent_height / 2]
+    feeds = {}
+    for tsp in io.inputs:
+        nm = tsp.name
+        if nm == "timestep":
+            a = np.full(tsp.shape, t, np.float32)
+            if first:
+                a[0, 0] = 0.0  # condition frame stays clean
+        elif nm == "frame_index":
+            a = np.arange(start, start + n, dtype=np.int64)
+        elif nm == "camera":
+            a = cam
+        elif nm == "text_mask":
+            a = np.ones(tsp.shape, np.float32)
+            a[:, -max(1, tsp.shape[1] // 4):] = 0
+        elif nm == "window_valid":
+            a = np.zeros(tsp.shape, np.float32)
+            a[: tsp.shape[0] // 2] = 1
+        elif nm in io.state_map.values():
+            a = np.zeros(tsp.shape, np.float32)
+        elif nm == "plucker":
+            a = (0.3 * rng.standard_normal(tsp.shape)).astype(np.float32)
+        else:
+            a = rng.standard_normal(tsp.shape).astype(np.float32)
+        feeds[nm] = a
+    return feeds
+
+
+def generator_calibration(cfg, first: bool, chunks: int, seed: int = 1234) -> Callable:
+    """Calibration loop for a quantized GeneratorStep: ``chunks`` chunks of a streaming run, every
+    denoising timestep and the t = 0 cache pass, state chained through the cache passes. For the
+    ``next`` engine, chunk 0 runs through the first graph with calibration paused."""
+    import torch
+
+    from ..config import StreamingSchedule
+    from ..models.generator_step import GeneratorStep, window_inputs
+    from .quantize import quantizers
+
+    def loop(qstep) -> None:
+        model = qstep.model
+        steps = {True: GeneratorStep(model, True), False: GeneratorStep(model, False)}
+        qs = quantizers(qstep).values()
+        state: dict = {}
+        chunk_kv: dict = {}
+        # first graph: chunk 0 of `chunks` different clips; next graph: chunks 1..chunks of one clip
+        runs = [(0, k) for k in range(max(1, chunks))] if first else [(c, c) for c in range(max(1, chunks) + 1)]
+        for c, k in runs:
+            is_first = c == 0
+            for m in qs:
+                m.mode = "float" if (is_first and not first) else "calib"
+            if is_first:
+                state, chunk_kv = {}, {}
+            step = steps[is_first]
+            io = step.io
+            base = {nm_: torch.from_numpy(arr) for nm_, arr in generator_feeds(model.cfg, is_first, seed + k, chunk=c).items()}
+            noise = base["latents"].clone()
+            x0 = torch.randn_like(noise) * 0.7
+            if not is_first:
+                base.update(window_inputs(model.cfg, chunk_kv, c))
+            base.update(state)
+            for t in list(StreamingSchedule().timesteps) + [0.0]:
+                f = dict(base)
+                f["latents"] = x0 + (t / 1000.0) * (noise - x0)
+                f["timestep"] = torch.full_like(base["timestep"], t)
+                if is_first:
+                    f["timestep"][0, 0] = 0.0
+                outs = dict(zip(step.output_names, step(*[f[tn.name] for tn in io.inputs])))
+            state = {io.state_map[o]: outs[o] for o in io.state_map}
+            chunk_kv[c] = [
+                {nm: outs[f"b{i}.{nm}_chunk"] for nm in ("k", "v", "cam_k", "cam_v")} if model.cfg.is_softmax_block(i) else None
+                for i in range(model.cfg.num_layers)
+            ]
+        for m in qs:
+            m.mode = "calib"
+
+    return loop
+
+
+def generator_jobs(cfg, model, names, calib_chunks: int) -> list[EngineJob]:
+    from ..models.generator_step import GeneratorStep
+    from .onnx import FIXED_SHAPE_NOTE
+
+    jobs = []
+    for name in names:
+        first = name == "generator_first"
+        step = GeneratorStep(model, first).eval()
+        jobs.append(
+            EngineJob(
+                name, "generator_step", step, step.io, generator_calibration(cfg, first, calib_chunks),
+                generator_feeds(cfg, first, seed=7), f"{'first' if first else 'later'} chunk graph; {FIXED_SHAPE_NOTE}",
+            )
+        )
+    return jobs
+
+
+def toy_job(seed: int = 0) -> EngineJob:
+    import torch
+
+    from .onnx import FIXED_SHAPE_NOTE, random_inputs, run_torch
+    from .toy import ToyStep, toy_step_io
+
+    torch.manual_seed(seed)
+    io = toy_step_io()
+
+    def calib(q):
+        for s in range(4):
+            run_torch(q, io, random_inputs(io, seed=100 + s))
+
+    return EngineJob("toy", "toy_step", ToyStep().eval(), io, calib, random_inputs(io, seed), f"toy engine; {FIXED_SHAPE_NOTE}")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def _sha256_path(p: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
+        with open(f, "rb") as fh:
+            for b in iter(lambda: fh.read(1 << 22), b""):
+                h.update(b)
+    return h.hexdigest()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="sanawm-export", description=__doc__.split("\n\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="stage-1 checkpoint (official .pth/.safetensors or diffusers folder)")
+    src.add_argument("--random", action="store_true", help="seeded random weights (tests, smoke runs)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for --random weights")
+    ap.add_argument("--config", default="tiny", help="generator config: tiny | full")
+    ap.add_argument("--out", type=Path, required=True, help="bundle folder")
+    ap.add_argument("--backends", default="onnxruntime", help=f"comma list of {','.join(BACKENDS)}")
+    prec = ap.add_mutually_exclusive_group()
+    prec.add_argument("--fp8", action="store_const", const="fp8", dest="precision")
+    prec.add_argument("--precision", choices=("fp32", "fp8"))
+    ap.add_argument("--engines", default=",".join(GENERATOR_ENGINES), help="comma list: generator_first,generator_next (or toy)")
+    ap.add_argument("--calib-chunks", type=int, default=3, help="chunks of a streaming run used for FP8 calibration")
+    ap.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file (loaded and saved)")
+    ap.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level (0-5)")
+    ap.add_argument("--rtx-targets", default="sm_86,sm_89,sm_120", help="TensorRT-RTX compute capabilities")
+    ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default 21)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    a.precision = a.precision or "fp32"
+    a.backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    for b in a.backends:
+        if b not in BACKENDS:
+            ap.error(f"unknown backend {b!r}; choose from {','.join(BACKENDS)}")
+    a.engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    for e in a.engines:
+        if e not in GENERATOR_ENGINES + ("toy",):
+            ap.error(f"unknown engine {e!r}; choose from {','.join(GENERATOR_ENGINES + ('toy',))}")
+    if "toy" in a.engines and not a.random:
+        ap.error("engine 'toy' has no checkpoint; use --random")
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("onnxscript", "onnx_ir", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .bundle_writer import BundleWriter
+    from .onnx import DEFAULT_OPSET, export_onnx
+    from .quantize import quantize_fp8
+
+    opset = a.opset or DEFAULT_OPSET
+    ckpt_sha = None
+    if a.checkpoint is not None:
+        if not a.checkpoint.exists():
+            log.error("checkpoint %s does not exist", a.checkpoint)
+            return 2
+        log.info("hashing checkpoint %s ...", a.checkpoint)
+        ckpt_sha = _sha256_path(a.checkpoint)
+    source = {"checkpoint": str(a.checkpoint) if a.checkpoint else None, "checkpoint_sha256": ckpt_sha,
+              "random_seed": a.seed if a.random else None}
+    gen_names = [e for e in a.engines if e in GENERATOR_ENGINES]
+    cfg = None
+    jobs: list[EngineJob] = []
+    if gen_names:
+        import torch
+
+        from ..config import get_config
+
+        cfg = get_config(a.config)
+        if a.checkpoint is not None:
+            from ..models.loading import load_generator
+
+            log.info("loading %s into the %s config ...", a.checkpoint, a.config)
+            model = load_generator(a.checkpoint, cfg)
+        else:
+            from ..models.transformer import SanaWMGenerator
+
+            torch.manual_seed(a.seed)
+            model = SanaWMGenerator(cfg).eval()
+        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks)
+    if "toy" in a.engines:
+        jobs.append(toy_job(a.seed))
+
+    w = BundleWriter(
+        a.out,
+        source=source,
+        export={"config": a.config, "precision": a.precision, "opset": opset, "calib_chunks": a.calib_chunks},
+        generator_config=cfg.to_dict() if cfg is not None else None,
+    )
+    for job in jobs:
+        w.engine(job.name, kind=job.kind, io=job.io, precision=a.precision, notes=job.notes)
+        key = {"source": source, "config": a.config, "cfg": cfg.to_dict() if cfg else None, "engine": job.name,
+               "precision": a.precision, "opset": opset, "sanawm": __version__,
+               "calib_chunks": a.calib_chunks if a.precision == "fp8" else None}
+
+        def export(art, job=job):
+            module, facts = job.module, {"opset": opset}
+            if a.precision == "fp8":
+                log.info("[%s] fp8: calibrating over %d chunk(s) ...", job.name, a.calib_chunks)
+                module, rep = quantize_fp8(job.module, job.calibrate)
+                facts["fp8_layers"] = rep.layers
+            res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=job.sample)
+            log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
+            facts["ort_check_rel_error"] = res.max_rel_error
+            if not res.max_rel_error < 1e-3:
+                raise RuntimeError(f"[{job.name}] ONNX and torch disagree (rel err {res.max_rel_error:.2e}); not writing the bundle")
+            return facts
+
+        w.stage_onnx(job.name, key, export)
+        for b in a.backends:
+            if b not in PLAN_BACKENDS:
+                continue
+            from ..engines.tensorrt import import_trt
+            from .build import build_engine
+
+            trt = import_trt(b)
+            targets = [t for t in a.rtx_targets.split(",") if t] if b == "tensorrt_rtx" else None
+            bkey = {"backend": b, "version": trt.__version__, "opt": a.opt_level, "targets": targets}
+
+            def build(art, b=b, targets=targets):
+                return build_engine(art.onnx, art.plan(b), backend=b, optimization_level=a.opt_level,
+                                    timing_cache=a.timing_cache, compute_capabilities=targets).build
+
+            w.stage_plan(job.name, b, bkey, build)
+    path = w.write()
+    log.info("bundle written: %s (%d engines)", path, len(w.manifest["engines"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

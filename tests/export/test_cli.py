@@ -1,0 +1,74 @@
+"""sanawm-export end to end on the toy engine: bundle written, validated, stages skipped when up to date."""
+
+import json
+import logging
+
+import pytest
+
+from sanawm.bundle import Bundle, BackendEnv
+from sanawm.engines import load_executor
+from sanawm.export.cli import main
+from sanawm.export.onnx import random_inputs
+
+trt = pytest.importorskip("tensorrt_rtx")
+
+
+def test_cli_toy_fp8_bundle(tmp_path, caplog):
+    out = tmp_path / "bundle"
+    args = ["--random", "--engines", "toy", "--out", str(out), "--backends", "onnxruntime,tensorrt_rtx",
+            "--fp8", "--rtx-targets", "sm_89", "--timing-cache", str(tmp_path / "tc.cache")]
+    assert main(args) == 0
+    b = Bundle.open(out, environment=BackendEnv("tensorrt_rtx", trt.__version__, "sm_89"))
+    e = b.engine("toy")
+    assert e.precision == "fp8" and e.state_map == {"h.out": "h"} and "fixed shapes" in e.notes
+    assert e.files["onnx"]["fp8_layers"] == ["q", "k", "v", "o", "ffn.0"]
+    assert e.files["tensorrt_rtx"]["build"]["compute_capabilities"] == ["sm_89"]
+    y = load_executor(b, "toy", "onnxruntime").run(random_inputs(e.step_io))["y"]
+    assert y.shape == (1, 6, 32)
+
+    # second run: both stages skipped, one log line each
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sanawm.export"):
+        assert main(args) == 0
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("[toy] onnx: up to date" in m for m in msgs)
+    assert any("[toy] tensorrt_rtx plan: up to date" in m for m in msgs)
+
+    # an altered plan is rebuilt on the next run (and refused by the reader until then)
+    plan = out / "toy.tensorrt_rtx.plan"
+    data = bytearray(plan.read_bytes())
+    data[100] ^= 1
+    plan.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="altered"):
+        Bundle.open(out)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sanawm.export"):
+        assert main(args) == 0
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("[toy] onnx: up to date" in m for m in msgs)
+    assert any("[toy] tensorrt_rtx plan: building" in m for m in msgs)
+    Bundle.open(out)
+
+    # a different precision re-exports
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sanawm.export"):
+        assert main([a for a in args if a != "--fp8"] + ["--precision", "fp32"]) == 0
+    assert any("[toy] onnx: exporting" in r.getMessage() for r in caplog.records)
+    assert json.loads((out / "manifest.json").read_text())["engines"]["toy"]["precision"] == "fp32"
+
+
+def test_cli_rejects_toy_with_checkpoint(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path / "x.pth"), "--engines", "toy", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_cli_tiny_generator_fp32_onnxruntime(tmp_path):
+    """Generator engines through GeneratorStep on the tiny config (export + ORT check inside the CLI)."""
+    out = tmp_path / "gen"
+    assert main(["--random", "--config", "tiny", "--out", str(out), "--backends", "onnxruntime",
+                 "--engines", "generator_first,generator_next"]) == 0
+    b = Bundle.open(out)
+    assert set(b.engines) == {"generator_first", "generator_next"}
+    assert b.generator_config.num_layers == 4
+    assert b.engine("generator_first").files["onnx"]["ort_check_rel_error"] < 1e-3

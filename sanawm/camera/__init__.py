@@ -8,7 +8,7 @@ Typical use::
     cond, plucker = prepare_camera(path)             # (T, 20), (48, T, 22, 40) float32
 """
 
-from .actions import ACTION_KEYS, action_path, action_to_c2w, parse_actions
+from .actions import ACTION_KEYS, ACTION_STYLES, action_path, action_to_c2w, parse_actions
 from .conditioning import (
     MODEL_IMAGE_HW,
     MODEL_LATENT_HW,
@@ -25,7 +25,8 @@ from .presets import PRESETS, preset_c2w, preset_path
 from .trajectory import CameraPath, invert_c2w, normalize_intrinsics, orthonormalize, relative_poses
 
 __all__ = [
-    "ACTION_KEYS", "CameraInputs", "CameraPath", "CropGeometry", "MODEL_IMAGE_HW", "MODEL_LATENT_HW", "PRESETS",
+    "ACTION_KEYS", "ACTION_STYLES", "CameraInputs", "CameraPath", "CropGeometry", "MODEL_IMAGE_HW",
+    "MODEL_LATENT_HW", "PRESETS",
     "action_path", "action_to_c2w", "crop_geometry", "crop_intrinsics", "fit_num_frames", "invert_c2w",
     "latent_intrinsics", "load_bench_npz", "load_c2w_npy", "load_re10k_txt", "normalize_intrinsics",
     "num_latent_frames", "orthonormalize", "parse_actions", "plucker_maps", "prepare_camera",

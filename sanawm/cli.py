@@ -168,24 +168,67 @@ def cmd_generate(args) -> int:
     first, camera, F = prepare_inputs(runtime, args, num_frames)
     prompt = prompt_inputs(runtime, args.prompt_embeddings)
     session = runtime.start(first, prompt, camera, seed=args.seed, num_frames=F)
+    ih, iw = runtime.image_hw
+    what = f"decoded {iw}x{ih} video" if runtime.has_decoder else "latent preview (the bundle has no VAE decoder)"
     print(f"generating {session.num_output_frames} frames ({session.num_output_frames / FPS:.1f} s) in "
-          f"{session.num_chunks} chunks -> {args.out}", file=sys.stderr)
+          f"{session.num_chunks} chunks, {what} -> {args.out}", file=sys.stderr)
     render(session, args.out, args.png_dir, args.save_latents)
     return 0
 
 
+DEMO_ENGINES = ("generator_first", "generator_next", "vae_encoder", "vae_decoder_first", "vae_decoder_next")
+
+
+def demo_image(hw: tuple[int, int]) -> np.ndarray:
+    """A synthetic RGB first frame [H, W, 3] uint8 for the demo (sky/ground gradient with a few blocks)."""
+    h, w = hw
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    sky = y < 0.55 * h
+    img[..., 0] = np.where(sky, 90 + 80 * y / h, 70 + 60 * x / w)
+    img[..., 1] = np.where(sky, 140 + 60 * y / h, 110 + 40 * y / h)
+    img[..., 2] = np.where(sky, 230 - 40 * y / h, 60 + 20 * x / w)
+    for i, (cx, cw, ch, col) in enumerate(((0.2, 0.12, 0.35, (200, 80, 60)), (0.55, 0.18, 0.25, (220, 200, 170)),
+                                           (0.8, 0.08, 0.45, (80, 80, 110)))):
+        x0, x1 = int((cx - cw / 2) * w), int((cx + cw / 2) * w)
+        y0, y1 = int((0.55 - ch) * h), int(0.55 * h)
+        img[y0:y1, x0:x1] = col
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _demo_bundle_ready(bundle: Path) -> bool:
+    import json
+
+    mp = bundle / "manifest.json"
+    if not mp.is_file():
+        return False
+    try:
+        have = json.loads(mp.read_text()).get("engines", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+    return all(n in have for n in DEMO_ENGINES)
+
+
 def cmd_demo(args) -> int:
+    import time
+
     from .runtime import PromptEmbeddings, Runtime
 
     bundle = Path(args.bundle_dir)
-    if not (bundle / "manifest.json").is_file():
-        print(f"building the tiny random bundle in {bundle} (once; needs the build side: torch, onnx) ...", file=sys.stderr)
-        # a subprocess keeps this process torch-free; sanawm.export is imported only there
+    if not _demo_bundle_ready(bundle):
+        print(f"building the tiny random bundle (generator + VAE, ONNX Runtime, FP32) in {bundle} (once; needs the "
+              "build side: torch, onnx, diffusers) ...", file=sys.stderr)
+        t0 = time.perf_counter()
+        # a subprocess keeps this process torch-free; sanawm.export is imported only there. Lean: ONNX Runtime
+        # only, FP32, one ORT-vs-torch comparison per engine; stages already in the folder are skipped.
         code = "import sys; from sanawm.export.cli import main; sys.exit(main(sys.argv[1:]))"
-        cmd = [sys.executable, "-c", code, "--random", "--config", "tiny", "--out", str(bundle)]
+        cmd = [sys.executable, "-c", code, "--random", "--config", "tiny", "--out", str(bundle),
+               "--backends", "onnxruntime", "--precision", "fp32", "--engines", ",".join(DEMO_ENGINES)]
         r = subprocess.run(cmd)
         if r.returncode != 0:
-            raise CLIError(f"building the demo bundle failed (exit {r.returncode}): {' '.join(cmd[3:])}")
+            raise CLIError(f"building the demo bundle failed (exit {r.returncode}): sanawm-export {' '.join(cmd[3:])}")
+        print(f"demo: bundle built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    t0 = time.perf_counter()
     runtime = Runtime.load(bundle, "onnxruntime")
     cfg = runtime.cfg
     from . import camera as cam
@@ -193,12 +236,18 @@ def cmd_demo(args) -> int:
     F = target_num_frames(args.seconds)
     path = cam.preset_path("orbit", F, default_intrinsics(runtime.image_hw), image_hw=runtime.image_hw)
     inputs = cam.prepare_camera(path, F, latent_hw=(cfg.latent_height, cfg.latent_width), image_hw=runtime.image_hw)
-    rng = np.random.default_rng(0)
-    first = rng.standard_normal((1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width)).astype(np.float32)
+    if runtime.has_encoder:  # the full path: a first frame through the VAE encoder
+        first = demo_image(runtime.image_hw)
+    else:
+        rng = np.random.default_rng(0)
+        first = rng.standard_normal((1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width)).astype(np.float32)
     session = runtime.start(first, PromptEmbeddings.zeros(cfg), (inputs.camera_conditions, inputs.chunk_plucker),
                             seed=args.seed, num_frames=F)
-    print(f"demo: {session.num_chunks} chunks on CPU (onnxruntime) -> {args.out}", file=sys.stderr)
-    render(session, args.out)
+    ih, iw = runtime.image_hw
+    what = f"decoded {iw}x{ih} video" if runtime.has_decoder else "latent preview (no VAE decoder in the bundle)"
+    print(f"demo: {session.num_chunks} chunks on CPU (onnxruntime), {what} -> {args.out}", file=sys.stderr)
+    summary = render(session, args.out)
+    print(f"demo: {summary['frames']} frames rendered in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -225,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-refiner", action="store_true", help="skip the stage-2 refiner even if the bundle has one")
     g.set_defaults(func=cmd_generate)
 
-    d = sub.add_parser("demo", help="build (once) a tiny random bundle and render a short clip on CPU")
+    d = sub.add_parser("demo", help="build (once) a tiny random bundle (generator + VAE) and render a short clip on CPU")
     d.add_argument("--out", default="demo.mp4")
     d.add_argument("--bundle-dir", default="sanawm-demo-bundle")
     d.add_argument("--seconds", type=float, default=3.0)

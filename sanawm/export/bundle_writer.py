@@ -52,7 +52,11 @@ class EngineArtifacts:
 
 
 class BundleWriter:
-    def __init__(self, root: str | Path, *, source: dict, export: dict, generator_config: dict | None = None):
+    def __init__(
+        self, root: str | Path, *, source: dict, export: dict, generator_config: dict | None = None, vae: dict | None = None
+    ):
+        """``vae``: the manifest's ``vae`` section (VAE config, ``image_hw``, ...) when this run exports VAE
+        engines; None keeps the existing bundle's section (its VAE engines are kept too)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         old = {}
@@ -72,26 +76,45 @@ class BundleWriter:
             "source": source,
             "export": export,
             "generator_config": generator_config,
+            "vae": vae if vae is not None else old.get("vae"),
             # engines not rebuilt in this run are kept as they were
             "engines": {k: v for k, v in self.old_engines.items()},
         }
+        if self.manifest["vae"] is None:
+            del self.manifest["vae"]
 
     def artifacts(self, name: str) -> EngineArtifacts:
         return EngineArtifacts(self.root, name)
 
-    def engine(self, name: str, *, kind: str, io: StepIO, precision: str, notes: str = "", profiles: list | None = None) -> None:
-        """(Re)declare an engine entry; its files are kept only if their stages turn out up to date."""
+    def engine(
+        self, name: str, *, kind: str, io: StepIO, precision: str, notes: str = "", profiles: list | None = None,
+        chains_to: str | None = None,
+    ) -> None:
+        """(Re)declare an engine entry; its files are kept only if their stages turn out up to date.
+
+        ``chains_to``: the engine whose inputs this one's state outputs feed when they are not its own
+        (``vae_decoder_first`` -> ``vae_decoder_next``: the first graph takes no caches). Those pairs go to
+        ``"chains_to": {"engine", "state_map"}``; ``state_map`` keeps the pairs that feed the engine itself.
+        """
         old_files = self.old_engines.get(name, {}).get("files", {})
+        own = {t.name for t in io.inputs}
+        sm = {o: i for o, i in io.state_map.items() if i in own}
+        cross = {o: i for o, i in io.state_map.items() if i not in own}
+        if cross and not chains_to:
+            raise ValueError(f"engine {name!r}: state_map feeds {sorted(cross.values())[:3]}, which are not its inputs; "
+                             "name the engine they feed (chains_to)")
         self.manifest["engines"][name] = {
             "kind": kind,
             "precision": precision,
             "inputs": [t.to_dict() for t in io.inputs],
             "outputs": [t.to_dict() for t in io.outputs],
-            "state_map": dict(io.state_map),
+            "state_map": sm,
             "profiles": profiles or [],
             "notes": notes,
             "files": {},
         }
+        if cross:
+            self.manifest["engines"][name]["chains_to"] = {"engine": chains_to, "state_map": cross}
         self._old_files = getattr(self, "_old_files", {})
         self._old_files[name] = old_files
 

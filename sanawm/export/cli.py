@@ -1,8 +1,14 @@
 """``sanawm-export``: checkpoint -> engine bundle (ONNX, FP8 Q/DQ, TensorRT / TensorRT-RTX plans, manifest).
 
-    sanawm-export --checkpoint PATH | --random  --config tiny|full  --out DIR
+    sanawm-export --checkpoint PATH | --random  --config tiny|full  --out DIR  [--vae VAE_DIR]
                   [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp8]
-                  [--engines generator_first,generator_next] [--calib-chunks N] [--timing-cache PATH]
+                  [--engines generator_first,generator_next,vae_encoder,vae_decoder_first,vae_decoder_next]
+                  [--calib-chunks N] [--timing-cache PATH]
+
+VAE engines (``vae_encoder``, ``vae_decoder_first``, ``vae_decoder_next``) come from ``--vae`` (a diffusers
+``AutoencoderKLLTX2Video`` folder) or, with ``--random``, a seeded random VAE (tiny config: latent channels =
+the generator's ``in_channels``); they are always exported in FP32 (``--fp8`` applies to the generator only).
+The manifest's ``vae`` section records the VAE config and the image size the runtime crops first frames to.
 
 Each stage is skipped when its artifact exists with its recorded hash and unchanged inputs (one log line
 per stage). Engine ``toy`` (``sanawm.export.toy``) is a small stand-in for smoke tests.
@@ -26,6 +32,9 @@ from ..spec import StepIO
 
 log = logging.getLogger("sanawm.export")
 GENERATOR_ENGINES = ("generator_first", "generator_next")
+VAE_ENGINES = ("vae_encoder", "vae_decoder_first", "vae_decoder_next")
+ALL_ENGINES = GENERATOR_ENGINES + VAE_ENGINES + ("toy",)
+VAE_PRECISION = "fp32"  # FP16/BF16/FP8 only once a test shows the decoder error stays small
 
 
 @dataclass
@@ -34,9 +43,12 @@ class EngineJob:
     kind: str
     module: object  # torch module, StepIO convention
     io: StepIO
-    calibrate: Callable  # calibrate(qmodule) for FP8
-    sample: dict  # numpy feeds for tracing and the ORT check
+    calibrate: Callable | None  # calibrate(qmodule) for FP8 (None: the engine is never quantized)
+    sample: dict | Callable[[], dict]  # numpy feeds for tracing and the ORT check (callable: made on demand)
     notes: str
+    precision: str | None = None  # fixed precision (VAE: fp32) or None = the CLI's --precision
+    key: dict | None = None  # stage-key inputs replacing the generator's source/config (VAE engines)
+    chains_to: str | None = None  # engine fed by this one's state outputs (vae_decoder_first -> _next)
 
 
 # --------------------------------------------------------------------------------- generator engines
@@ -147,6 +159,93 @@ def generator_jobs(cfg, model, names, calib_chunks: int) -> list[EngineJob]:
     return jobs
 
 
+# --------------------------------------------------------------------------------------- VAE engines
+def random_vae_config(config_name: str, latent_channels: int) -> dict:
+    """Config of the seeded random VAE for ``--random``: the tiny VAE for the tiny generator (its latent
+    channels set to the generator's ``in_channels``), the full LTX-2 VAE otherwise."""
+    from ..models.vae import full_vae_config, tiny_vae_config
+
+    if config_name == "tiny":
+        return tiny_vae_config(latent_channels=latent_channels)
+    c = full_vae_config()
+    if c["latent_channels"] != latent_channels:
+        raise ValueError(
+            f"the full LTX-2 VAE has {c['latent_channels']} latent channels, the {config_name!r} generator takes "
+            f"{latent_channels}; use a matching --config or pass --vae"
+        )
+    return c
+
+
+def _json_config(cfg) -> dict:
+    """A diffusers config as plain JSON values (tuples -> lists, private keys dropped)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def vae_section(vae, cfg, source: dict) -> dict:
+    """The manifest's ``vae`` entry: config, image and latent sizes, compression, source."""
+    from ..models.vae import vae_compression
+
+    s, t = vae_compression(vae.config)
+    return {
+        "config": _json_config(vae.config),
+        "latent_channels": int(vae.config["latent_channels"]),
+        "latent_hw": [cfg.latent_height, cfg.latent_width],
+        "image_hw": [cfg.latent_height * s, cfg.latent_width * s],
+        "spatial_compression": s,
+        "temporal_compression": t,
+        "precision": VAE_PRECISION,
+        "source": source,
+    }
+
+
+def check_vae_matches(vae, cfg, where: str) -> None:
+    C = int(vae.config["latent_channels"])
+    if C != cfg.in_channels:
+        raise ValueError(
+            f"{where} has {C} latent channels, the generator config takes {cfg.in_channels}; use the VAE that "
+            "belongs to this generator (LTX-2: 128 channels with --config full)"
+        )
+
+
+def vae_jobs(vae, cfg, names, key: dict) -> list[EngineJob]:
+    """Export jobs of the VAE engines for the generator config's latent size (FP32, fixed shapes)."""
+    from ..models.vae import VAEDecoderStep, VAEEncoderStep, vae_compression, vae_encoder_io
+    from .onnx import FIXED_SHAPE_NOTE, random_inputs, run_torch
+
+    s, _ = vae_compression(vae.config)
+    lhw = (cfg.latent_height, cfg.latent_width)
+    H, W = lhw[0] * s, lhw[1] * s
+    jobs = []
+    first = VAEDecoderStep(vae, True, lhw).eval()
+    rng = np.random.default_rng(5)
+    first_feeds = {"latents": rng.standard_normal(first.io.inputs[0].shape).astype(np.float32)}
+    for name in names:
+        if name == "vae_encoder":
+            io = vae_encoder_io(vae.config, H, W)
+            img = rng.uniform(-1, 1, io.inputs[0].shape).astype(np.float32)
+            jobs.append(EngineJob(name, "vae_encoder", VAEEncoderStep(vae, H, W).eval(), io, None, {"image": img},
+                                  f"first frame {W}x{H} -> normalised latent; {FIXED_SHAPE_NOTE}", VAE_PRECISION, key))
+        elif name == "vae_decoder_first":
+            jobs.append(EngineJob(name, "vae_decoder_step", first, first.io, None, first_feeds,
+                                  "chunk 0: 4 latent frames (condition + 3) -> 24 frames (condition frame dropped), "
+                                  f"no cache inputs; {FIXED_SHAPE_NOTE}", VAE_PRECISION, key, "vae_decoder_next"))
+        else:
+            nxt = VAEDecoderStep(vae, False, lhw).eval()
+
+            def feeds(nxt=nxt) -> dict:
+                """Trace and check on the caches a real chunk 0 leaves behind (not random noise); made only when
+                the stage runs (a full-size first chunk costs a while on a CPU)."""
+                outs = run_torch(first, first.io, first_feeds)
+                f = random_inputs(nxt.io, seed=6)
+                f.update({first.io.state_map[k]: v for k, v in outs.items() if k in first.io.state_map})
+                return f
+
+            jobs.append(EngineJob(name, "vae_decoder_step", nxt, nxt.io, None, feeds,
+                                  "later chunks: 3 latent frames + cache.{i} -> 24 frames + cache.{i}.out; "
+                                  f"{FIXED_SHAPE_NOTE}", VAE_PRECISION, key))
+    return jobs
+
+
 def toy_job(seed: int = 0) -> EngineJob:
     import torch
 
@@ -187,7 +286,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     prec = ap.add_mutually_exclusive_group()
     prec.add_argument("--fp8", action="store_const", const="fp8", dest="precision")
     prec.add_argument("--precision", choices=("fp32", "fp8"))
-    ap.add_argument("--engines", default=",".join(GENERATOR_ENGINES), help="comma list: generator_first,generator_next (or toy)")
+    ap.add_argument("--vae", type=Path, default=None,
+                    help="diffusers AutoencoderKLLTX2Video folder (config.json + safetensors) for the VAE engines")
+    ap.add_argument("--engines", default=None,
+                    help=f"comma list of {','.join(ALL_ENGINES)}; default: the generator, plus the VAE engines "
+                         "with --random or --vae")
     ap.add_argument("--calib-chunks", type=int, default=3, help="chunks of a streaming run used for FP8 calibration")
     ap.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file (loaded and saved)")
     ap.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level (0-5)")
@@ -200,12 +303,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     for b in a.backends:
         if b not in BACKENDS:
             ap.error(f"unknown backend {b!r}; choose from {','.join(BACKENDS)}")
-    a.engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    if a.engines is None:
+        a.engines = list(GENERATOR_ENGINES) + (list(VAE_ENGINES) if (a.random or a.vae is not None) else [])
+    else:
+        a.engines = [e.strip() for e in a.engines.split(",") if e.strip()]
     for e in a.engines:
-        if e not in GENERATOR_ENGINES + ("toy",):
-            ap.error(f"unknown engine {e!r}; choose from {','.join(GENERATOR_ENGINES + ('toy',))}")
+        if e not in ALL_ENGINES:
+            ap.error(f"unknown engine {e!r}; choose from {','.join(ALL_ENGINES)}")
     if "toy" in a.engines and not a.random:
         ap.error("engine 'toy' has no checkpoint; use --random")
+    if any(e in VAE_ENGINES for e in a.engines) and a.vae is None and not a.random:
+        ap.error("the VAE engines need the VAE weights: pass --vae PATH (the checkpoint's vae/ folder, a diffusers "
+                 "AutoencoderKLLTX2Video) or leave them out of --engines")
     return a
 
 
@@ -229,14 +338,17 @@ def main(argv=None) -> int:
     source = {"checkpoint": str(a.checkpoint) if a.checkpoint else None, "checkpoint_sha256": ckpt_sha,
               "random_seed": a.seed if a.random else None}
     gen_names = [e for e in a.engines if e in GENERATOR_ENGINES]
+    vae_names = [e for e in a.engines if e in VAE_ENGINES]
     cfg = None
+    vae_info = None
     jobs: list[EngineJob] = []
-    if gen_names:
-        import torch
-
+    if gen_names or vae_names:
         from ..config import get_config
 
         cfg = get_config(a.config)
+    if gen_names:
+        import torch
+
         if a.checkpoint is not None:
             from ..models.loading import load_generator
 
@@ -248,6 +360,34 @@ def main(argv=None) -> int:
             torch.manual_seed(a.seed)
             model = SanaWMGenerator(cfg).eval()
         jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks)
+    if vae_names:
+        from ..models.vae import build_vae, load_vae
+
+        if a.vae is not None:
+            if not a.vae.exists():
+                log.error("--vae %s does not exist", a.vae)
+                return 2
+            log.info("hashing VAE %s ...", a.vae)
+            vsrc = {"vae": str(a.vae), "vae_sha256": _sha256_path(a.vae), "random_seed": None}
+            try:
+                vae = load_vae(a.vae)
+                check_vae_matches(vae, cfg, f"--vae {a.vae}")
+            except (OSError, ValueError) as e:
+                log.error("%s", e)
+                return 2
+        else:
+            vsrc = {"vae": None, "vae_sha256": None, "random_seed": a.seed}
+            try:
+                vcfg = random_vae_config(a.config, cfg.in_channels)
+            except ValueError as e:
+                log.error("%s", e)
+                return 2
+            vae = build_vae(vcfg, seed=a.seed, random_latent_stats=True)
+        vae_info = vae_section(vae, cfg, vsrc)
+        if a.precision != VAE_PRECISION:
+            log.info("VAE engines stay %s (--precision %s applies to the generator only)", VAE_PRECISION, a.precision)
+        vkey = {"vae_source": vsrc, "vae_config": vae_info["config"], "latent_hw": vae_info["latent_hw"]}
+        jobs += vae_jobs(vae, cfg, vae_names, vkey)
     if "toy" in a.engines:
         jobs.append(toy_job(a.seed))
 
@@ -256,20 +396,26 @@ def main(argv=None) -> int:
         source=source,
         export={"config": a.config, "precision": a.precision, "opset": opset, "calib_chunks": a.calib_chunks},
         generator_config=cfg.to_dict() if cfg is not None else None,
+        vae=vae_info,
     )
     for job in jobs:
-        w.engine(job.name, kind=job.kind, io=job.io, precision=a.precision, notes=job.notes)
-        key = {"source": source, "config": a.config, "cfg": cfg.to_dict() if cfg else None, "engine": job.name,
-               "precision": a.precision, "opset": opset, "sanawm": __version__,
-               "calib_chunks": a.calib_chunks if a.precision == "fp8" else None}
+        precision = job.precision or a.precision
+        w.engine(job.name, kind=job.kind, io=job.io, precision=precision, notes=job.notes, chains_to=job.chains_to)
+        if job.key is not None:  # VAE: its own weights; the generator checkpoint does not matter
+            key = {**job.key, "engine": job.name, "precision": precision, "opset": opset, "sanawm": __version__}
+        else:
+            key = {"source": source, "config": a.config, "cfg": cfg.to_dict() if cfg else None, "engine": job.name,
+                   "precision": precision, "opset": opset, "sanawm": __version__,
+                   "calib_chunks": a.calib_chunks if precision == "fp8" else None}
 
-        def export(art, job=job):
+        def export(art, job=job, precision=precision):
             module, facts = job.module, {"opset": opset}
-            if a.precision == "fp8":
+            if precision == "fp8":
                 log.info("[%s] fp8: calibrating over %d chunk(s) ...", job.name, a.calib_chunks)
                 module, rep = quantize_fp8(job.module, job.calibrate)
                 facts["fp8_layers"] = rep.layers
-            res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=job.sample)
+            sample = job.sample() if callable(job.sample) else job.sample
+            res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample)
             log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
             facts["ort_check_rel_error"] = res.max_rel_error
             if not res.max_rel_error < 1e-3:

@@ -9,7 +9,7 @@ import numpy as np
 from ..config import GeneratorConfig, StreamingSchedule
 from .frames import from_uint8
 from .scheduler import Executor, GeneratorRunner
-from .stages import DECODER_ENGINES, REFINER_ENGINES, Stage, build_stages
+from .stages import DECODER_ENGINES, REFINER_ENGINES, FirstFrameEncoder, Stage, build_stages
 
 GENERATOR_ENGINES = ("generator_first", "generator_next")
 ENCODER_ENGINE = "vae_encoder"
@@ -25,6 +25,8 @@ class Runtime:
             ``generator_first`` and ``generator_next`` are required, the rest optional.
         schedule: stage-1 timesteps (inject another for experiments / parity tests).
         refiner: False skips the refiner even when the bundle has one.
+        image_hw: pixel size of the model frame (the manifest's ``vae.image_hw``); default: read off the VAE
+            engines, else 32x the latent grid. Must agree with the VAE engines' shapes.
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class Runtime:
         schedule: StreamingSchedule = StreamingSchedule(),
         refiner: bool = True,
         source: str | None = None,
+        image_hw: tuple[int, int] | None = None,
     ):
         missing = [n for n in GENERATOR_ENGINES if n not in executors]
         if missing:
@@ -43,6 +46,27 @@ class Runtime:
             )
         self.cfg, self.executors, self.schedule, self.refiner, self.source = cfg, dict(executors), schedule, refiner, source
         self.generator = GeneratorRunner(cfg, executors["generator_first"], executors["generator_next"], schedule)
+        self.encoder = FirstFrameEncoder(executors[ENCODER_ENGINE]) if ENCODER_ENGINE in executors else None
+        self._image_hw = self._resolve_image_hw(image_hw)
+
+    def _resolve_image_hw(self, given) -> tuple[int, int]:
+        """The model frame size: the manifest's ``vae.image_hw`` and the encoder's input (which must agree),
+        else 32x the latent grid (LTX-2 VAE). The decoder's frame size is the video's; it is not the
+        first frame's, so it is not consulted."""
+        seen: dict[str, tuple[int, int]] = {}
+        if given is not None:
+            seen["the manifest (vae.image_hw)"] = (int(given[0]), int(given[1]))
+        if self.encoder is not None:
+            seen[f"engine {ENCODER_ENGINE}'s input"] = self.encoder.image_hw
+        if len(set(seen.values())) > 1:
+            what = ", ".join(f"{k} {w}x{h}" for k, (h, w) in seen.items())
+            raise ValueError(
+                f"bundle{' ' + self.source if self.source else ''}: the first-frame size disagrees ({what}); "
+                f"rebuild the VAE engines with `sanawm-export ... --engines {ENCODER_ENGINE},{','.join(DECODER_ENGINES)}`"
+            )
+        if seen:
+            return next(iter(seen.values()))
+        return self.cfg.latent_height * 32, self.cfg.latent_width * 32
 
     @classmethod
     def load(cls, bundle_dir, backend: str = "onnxruntime", *, refiner: bool = True, **options) -> "Runtime":
@@ -58,7 +82,13 @@ class Runtime:
         if not refiner:
             names = [n for n in names if n not in REFINER_ENGINES]
         executors = {n: load_executor(bundle, n, backend, **options) for n in names}
-        return cls(cfg, executors, refiner=refiner, source=str(Path(bundle_dir)))
+        for n, ex in executors.items():  # a first graph's state feeds the next graph (vae_decoder_first)
+            chain = bundle.engine(n).raw.get("chains_to") or {}
+            if chain.get("engine") in executors and chain.get("state_map"):
+                ex.state_map = {**ex.state_map, **chain["state_map"]}
+        vae = bundle.manifest.get("vae") or {}
+        image_hw = tuple(vae["image_hw"]) if vae.get("image_hw") else None
+        return cls(cfg, executors, refiner=refiner, source=str(Path(bundle_dir)), image_hw=image_hw)
 
     # ------------------------------------------------------------------ what the bundle offers
     @property
@@ -71,8 +101,9 @@ class Runtime:
 
     @property
     def image_hw(self) -> tuple[int, int]:
-        """Pixel size of the model frame (32x the latent grid, LTX-2 VAE)."""
-        return self.cfg.latent_height * 32, self.cfg.latent_width * 32
+        """Pixel size (H, W) of the model frame: the VAE engines' (manifest ``vae.image_hw``), else 32x the
+        latent grid (LTX-2 VAE)."""
+        return self._image_hw
 
     def new_stages(self) -> list[Stage]:
         return build_stages(self.executors, refiner=self.refiner)
@@ -80,8 +111,10 @@ class Runtime:
     def encode_first_frame(self, first_frame: np.ndarray) -> np.ndarray:
         """First frame -> condition latent [1, C, 1, H, W].
 
-        Accepts a latent ([1, C, 1, H, W] or [C, H, W] float) or an RGB image [H, W, 3] uint8 of the model
-        frame size, which the ``vae_encoder`` engine encodes (its input [1, 3, 1, 32H, 32W] in [-1, 1]).
+        Accepts a latent ([1, C, 1, H, W] or [C, H, W] float) or an RGB image [H, W, 3] uint8, which the
+        ``vae_encoder`` engine encodes; an image of another size than ``image_hw`` is resized and
+        centre-cropped to it first (as ``sanawm.camera.prepare_first_frame`` does; move the camera
+        intrinsics with that function when they are in the original image's pixels).
         """
         a = np.asarray(first_frame)
         C, H, W = self.cfg.in_channels, self.cfg.latent_height, self.cfg.latent_width
@@ -96,21 +129,19 @@ class Runtime:
                 )
             return np.ascontiguousarray(lat)
         ih, iw = self.image_hw
-        if a.ndim != 3 or a.shape[2] != 3:
-            raise ValueError(f"first frame must be an RGB image [H, W, 3]; got shape {a.shape} (convert to RGB first)")
-        if a.shape[:2] != (ih, iw):
+        if self.encoder is None:
             raise ValueError(
-                f"first frame is {a.shape[1]}x{a.shape[0]}; this bundle takes {iw}x{ih}: resize and centre-crop it "
-                "first (sanawm.camera's first-frame crop, or the CLI does it for you)"
+                f"bundle has no {ENCODER_ENGINE} engine, so an image cannot be encoded (this bundle takes {iw}x{ih} "
+                f"images); pass the first-frame latent [1, {C}, 1, {H}, {W}] instead or add the VAE engines: "
+                f"`sanawm-export ... --engines {ENCODER_ENGINE},{','.join(DECODER_ENGINES)}`"
             )
-        if not self.has_encoder:
+        lat = self.encoder.encode(a)
+        if lat.shape != (1, C, 1, H, W):
             raise ValueError(
-                f"bundle has no {ENCODER_ENGINE} engine, so an image cannot be encoded; pass the first-frame latent "
-                f"[1, {C}, 1, {H}, {W}] instead or add the VAE engines to the bundle"
+                f"engine {ENCODER_ENGINE} returned a latent {list(lat.shape)}, the generator takes [1, {C}, 1, {H}, {W}]; "
+                "the VAE engines were built for another generator config: rebuild them with the generator's --config"
             )
-        enc = self.executors[ENCODER_ENGINE]
-        out = enc.run({enc.inputs[0].name: from_uint8(a)})
-        return self.encode_first_frame(np.asarray(out[enc.outputs[0].name], dtype=np.float32))
+        return np.ascontiguousarray(lat)
 
     def start(self, first_frame_or_latent, prompt_embeddings, camera, seed: int = 0, num_frames: int | None = None, *, noise=None):
         """Start a session; see ``Session.start``."""

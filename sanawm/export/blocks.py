@@ -21,36 +21,12 @@ from torch import nn
 
 from ..config import GeneratorConfig
 from ..spec import StepIO, TensorSpec, max_window_frames
+from ..models.random_init import randomize_  # noqa: F401  (part of this module's API)
 
 _KV = ("k", "v", "cam_k", "cam_v")
 
 
 # ------------------------------------------------------------------------------------------ weights
-def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Overwrite every float parameter/buffer with seeded non-zero values of a sensible scale (in place)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in list(module.named_parameters()) + list(module.named_buffers()):
-            if not p.is_floating_point() or p.numel() == 0:
-                continue
-            if name.endswith("A_log"):
-                v = torch.log(torch.rand(p.shape, generator=g) * 3 + 0.5)
-            elif name.endswith("dt_bias"):
-                v = torch.randn(p.shape, generator=g) * 0.5 - 1.0
-            elif "norm" in name and name.endswith("weight"):
-                v = 1.0 + 0.2 * torch.randn(p.shape, generator=g)
-            elif "conv_k" in name:
-                v = 0.4 * torch.randn(p.shape, generator=g)
-            elif name.endswith("scale_shift_table"):
-                v = 0.2 * torch.randn(p.shape, generator=g)
-            elif p.dim() >= 2:
-                v = torch.randn(p.shape, generator=g) / math.sqrt(p.numel() // p.shape[0])
-            else:
-                v = 0.1 * torch.randn(p.shape, generator=g)
-            p.copy_(v.to(p.dtype))
-    return module
-
-
 # ------------------------------------------------------------------------------------- block step
 def block_step_io(cfg: GeneratorConfig, index: int, first: bool = False) -> StepIO:
     """Tensor contract of block ``index`` alone in the streaming step (``first``: chunk-0 shapes, no window)."""

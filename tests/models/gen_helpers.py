@@ -9,38 +9,13 @@ import math
 import torch
 
 from sanawm.config import GeneratorConfig, tiny
+from sanawm.models.random_init import randomize_  # noqa: F401  (used by the model tests)
 
 
 def parity_cfg() -> GeneratorConfig:
     """tiny() with head_dim 48: not a FlashAttention size, so the camera softmax's padded scale (1/sqrt(128))
     differs from 1/sqrt(head_dim) and the test can tell them apart."""
     return dataclasses.replace(tiny(), hidden_size=96, head_dim=48).validate()
-
-
-def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Overwrite every parameter/buffer with seeded non-zero values of a sensible scale (in place)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in list(module.named_parameters()) + list(module.named_buffers()):
-            if not p.is_floating_point() or p.numel() == 0:
-                continue
-            if name.endswith("A_log"):
-                v = torch.log(torch.rand(p.shape, generator=g) * 3 + 0.5)
-            elif name.endswith("dt_bias"):
-                v = torch.randn(p.shape, generator=g) * 0.5 - 1.0
-            elif "norm" in name and name.endswith("weight"):
-                v = 1.0 + 0.2 * torch.randn(p.shape, generator=g)
-            elif "conv_k" in name:
-                v = 0.4 * torch.randn(p.shape, generator=g)
-            elif name.endswith("scale_shift_table"):
-                v = 0.2 * torch.randn(p.shape, generator=g)
-            elif p.dim() >= 2:
-                fan_in = p.numel() // p.shape[0]
-                v = torch.randn(p.shape, generator=g) / math.sqrt(fan_in)
-            else:
-                v = 0.1 * torch.randn(p.shape, generator=g)
-            p.copy_(v.to(p.dtype))
-    return module
 
 
 def _rotation(axis_angle: torch.Tensor) -> torch.Tensor:

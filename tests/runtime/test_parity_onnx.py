@@ -18,7 +18,6 @@ Measured on a shared 2-core Xeon when written: per-chunk max abs error 1.2e-05 .
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -32,34 +31,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("safetensors")
 
 from sanawm.config import tiny  # noqa: E402
+from sanawm.models.random_init import randomize_  # noqa: E402
 
 SEED = 20240611
 NUM_CHUNKS = 6
 TOL = 1e-4
 
 pytestmark = pytest.mark.slow  # the export takes ~1-2 min on 2 CPU cores
-
-
-def _randomize_(model: "torch.nn.Module", seed: int) -> None:
-    """Seeded non-zero parameters of a sensible scale (GDN decay/bias kept in their stable ranges)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not p.is_floating_point() or p.numel() == 0:
-                continue
-            if name.endswith("A_log"):
-                v = torch.log(torch.rand(p.shape, generator=g) * 3 + 0.5)
-            elif name.endswith("dt_bias"):
-                v = torch.randn(p.shape, generator=g) * 0.5 - 1.0
-            elif "norm" in name and name.endswith("weight"):
-                v = 1.0 + 0.2 * torch.randn(p.shape, generator=g)
-            elif name.endswith("scale_shift_table"):
-                v = 0.2 * torch.randn(p.shape, generator=g)
-            elif p.dim() >= 2:
-                v = torch.randn(p.shape, generator=g) / math.sqrt(p.numel() // p.shape[0])
-            else:
-                v = 0.1 * torch.randn(p.shape, generator=g)
-            p.copy_(v.to(p.dtype))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +51,7 @@ def tiny_bundle(tmp_path_factory):
     cfg = tiny()
     torch.manual_seed(SEED)
     model = SanaWMGenerator(cfg).eval()
-    _randomize_(model, SEED)
+    randomize_(model, SEED)
     ckpt = d / "tiny.safetensors"
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(ckpt))
     out = d / "bundle"

@@ -1,17 +1,22 @@
 """``sanawm``: generate a clip from an engine bundle, run the CPU demo, encode a prompt.
 
     sanawm generate --bundle DIR --image start.png (--camera c2w.npy [--intrinsics K.npy] | --action "w-80,..."
-                    | --preset orbit) [--prompt-embeddings prompt.safetensors] --seconds 60 --seed 0
+                    | --preset orbit) [--prompt-embeddings prompt.safetensors
+                    | --prompt "text" (--stage1-encoder DIR | --tiny-encoder) [--cache-dir DIR]] --seconds 60 --seed 0
                     --backend onnxruntime --out clip.mp4 [--png-dir DIR] [--save-latents PATH] [--no-refiner]
-    sanawm demo [--out demo.mp4] [--bundle-dir DIR] [--seconds N]
+    sanawm demo [--out demo.mp4] [--bundle-dir DIR] [--seconds N] [--prompt "text"]
     sanawm encode-prompt ...            (build side: Gemma text encoder; see `sanawm encode-prompt -h`)
 
-The generate and demo commands never import torch (the demo builds its tiny bundle in a subprocess).
+The generate and demo commands never import torch: the demo builds its tiny bundle in a subprocess, and a text
+``--prompt`` is encoded by `sanawm encode-prompt` in a subprocess (through the prompt cache, ``--cache-dir``,
+default ``$SANAWM_CACHE/prompts`` or ``~/.cache/sanawm/prompts``), so the encoder's memory is released before the
+engines load and generation starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -107,13 +112,96 @@ def prepare_inputs(runtime, args, num_frames: int):
     return first, (inputs.camera_conditions, inputs.chunk_plucker), F
 
 
-def prompt_inputs(runtime, path):
-    from .runtime.prompt import ENCODE_HINT, PromptEmbeddings, load_prompt
+def read_manifest(bundle) -> dict:
+    """The bundle's manifest.json as a dict ({} when missing or unreadable; Runtime.load reports those)."""
+    try:
+        m = json.loads((Path(bundle) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) else {}
 
+
+def _manifest_config(manifest: dict):
+    from .config import GeneratorConfig
+
+    try:
+        return GeneratorConfig.from_dict(manifest["generator_config"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def encode_prompt_text(prompt: str, out: Path, *, tiny: bool = False, stage1_encoder=None, refiner_encoder=None,
+                       refiner_max_length=None, caption_length=None, cache_dir=None, device=None) -> dict:
+    """Encode ``prompt`` into ``out`` by running `sanawm encode-prompt` in a SUBPROCESS (this process never imports
+    torch; the encoder's memory goes with the subprocess). Returns its status: cache_hit, key, stage1_encoder, ..."""
+    from .text.spec import default_cache_dir
+
+    if tiny == (stage1_encoder is not None):
+        raise CLIError("--prompt needs exactly one text encoder: --stage1-encoder DIR (the local gemma-2-2b-it "
+                       "folder, or the SANA-WM pipeline folder) or --tiny-encoder (tiny random bundles)")
+    args = ["--prompt", prompt, "--out", str(out), "--status-json",
+            "--cache-dir", str(Path(cache_dir) if cache_dir else default_cache_dir())]
+    args += ["--tiny", "--device", device or "cpu"] if tiny else ["--stage1-encoder", str(stage1_encoder)]
+    if device and not tiny:
+        args += ["--device", device]
+    if caption_length is not None:
+        args += ["--caption-length", str(int(caption_length))]
+    if refiner_encoder is not None:
+        args += ["--refiner-encoder", str(refiner_encoder)]
+    if refiner_max_length is not None:
+        args += ["--refiner-max-length", str(int(refiner_max_length))]
+    cmd = [sys.executable, "-m", "sanawm.text.cli", *args]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr (encoder logs, errors) goes to the user
+    status = None
+    for line in reversed((r.stdout or "").splitlines()):
+        try:
+            status = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if r.returncode != 0 or not isinstance(status, dict) or not Path(out).is_file():
+        shown = " ".join(a if " " not in a else repr(a) for a in args)
+        raise CLIError(f"encoding the prompt failed (exit {r.returncode}): sanawm encode-prompt {shown}")
+    return status
+
+
+def prompt_inputs(runtime, args, manifest: dict | None = None, encoded: Path | None = None):
+    """The clip's prompt: a text --prompt (already encoded to ``encoded``), --prompt-embeddings, or zeros."""
+    from .runtime.prompt import PromptEmbeddings, load_prompt
+    from .text.spec import encode_command
+
+    path = encoded if encoded is not None else getattr(args, "prompt_embeddings", None)
     if path is None:
-        print(f"warning: no --prompt-embeddings given, using an empty (all-zero) prompt; {ENCODE_HINT}", file=sys.stderr)
+        print("warning: no --prompt-embeddings or --prompt given, using an empty (all-zero) prompt; encode one with "
+              f"--prompt \"...\" or `{encode_command(runtime.cfg, manifest)}`", file=sys.stderr)
         return PromptEmbeddings.zeros(runtime.cfg)
-    return load_prompt(path, runtime.cfg)
+    return load_prompt(path, runtime.cfg, manifest)
+
+
+def _encode_for_generate(args, manifest: dict, tmp: Path, what: str) -> Path:
+    """Run the prompt encoder (subprocess, cached) for ``args.prompt``; prints one line: from cache or encoded."""
+    import time
+
+    cfg = _manifest_config(manifest)
+    out = tmp / "prompt.safetensors"
+    t0 = time.perf_counter()
+    status = encode_prompt_text(
+        args.prompt, out, tiny=args.tiny_encoder, stage1_encoder=args.stage1_encoder,
+        refiner_encoder=getattr(args, "refiner_encoder", None),
+        refiner_max_length=getattr(args, "refiner_max_length", None),
+        caption_length=None if cfg is None else cfg.caption_length, cache_dir=args.cache_dir,
+        device=getattr(args, "encoder_device", None),
+    )
+    from .text.spec import default_cache_dir
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    short = args.prompt if len(args.prompt) <= 40 else args.prompt[:37] + "..."
+    if status.get("cache_hit"):
+        print(f"{what}: prompt {short!r} from cache ({cache}, key {str(status.get('key'))[:12]})", file=sys.stderr)
+    else:
+        print(f"{what}: prompt {short!r} encoded with {status.get('stage1_encoder')} in {time.perf_counter() - t0:.1f} s "
+              f"(not in cache; stored in {cache})", file=sys.stderr)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -160,13 +248,23 @@ def cmd_generate(args) -> int:
         raise CLIError("give exactly one of --image start.png or --latent first_latent.npy")
     if sum(x is not None for x in (args.camera, args.action, args.preset)) != 1:
         raise CLIError("give exactly one camera source: --camera path.npy, --action \"w-80,...\" or --preset NAME")
+    if args.prompt is not None and args.prompt_embeddings is not None:
+        raise CLIError("give either --prompt \"text\" or --prompt-embeddings FILE, not both")
+    if args.prompt is None and (args.tiny_encoder or args.stage1_encoder is not None):
+        raise CLIError("--stage1-encoder / --tiny-encoder encode a text --prompt; give --prompt \"...\"")
     bundle = Path(args.bundle)
     if not bundle.is_dir():
         raise CLIError(f"--bundle {bundle} does not exist; build one with `sanawm-export --out {bundle} ...`")
     num_frames = target_num_frames(args.seconds)
-    runtime = Runtime.load(bundle, args.backend, refiner=not args.no_refiner)
-    first, camera, F = prepare_inputs(runtime, args, num_frames)
-    prompt = prompt_inputs(runtime, args.prompt_embeddings)
+    manifest = read_manifest(bundle)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sanawm-prompt-") as tmp:
+        # encode first: the encoder subprocess has exited (its memory released) before any engine loads
+        encoded = _encode_for_generate(args, manifest, Path(tmp), "generate") if args.prompt is not None else None
+        runtime = Runtime.load(bundle, args.backend, refiner=not args.no_refiner)
+        first, camera, F = prepare_inputs(runtime, args, num_frames)
+        prompt = prompt_inputs(runtime, args, manifest, encoded)
     session = runtime.start(first, prompt, camera, seed=args.seed, num_frames=F)
     ih, iw = runtime.image_hw
     what = f"decoded {iw}x{ih} video" if runtime.has_decoder else "latent preview (the bundle has no VAE decoder)"
@@ -209,10 +307,14 @@ def _demo_bundle_ready(bundle: Path) -> bool:
     return all(n in have for n in DEMO_ENGINES)
 
 
+DEMO_PROMPT = "a sunny street with red, white and grey houses under a clear blue sky; the camera orbits slowly"
+
+
 def cmd_demo(args) -> int:
+    import tempfile
     import time
 
-    from .runtime import PromptEmbeddings, Runtime
+    from .runtime import Runtime
 
     bundle = Path(args.bundle_dir)
     if not _demo_bundle_ready(bundle):
@@ -228,8 +330,14 @@ def cmd_demo(args) -> int:
         if r.returncode != 0:
             raise CLIError(f"building the demo bundle failed (exit {r.returncode}): sanawm-export {' '.join(cmd[3:])}")
         print(f"demo: bundle built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    t0 = time.perf_counter()
-    runtime = Runtime.load(bundle, "onnxruntime")
+    manifest = read_manifest(bundle)
+    with tempfile.TemporaryDirectory(prefix="sanawm-prompt-") as tmp:
+        # the prompt through the tiny random Gemma-2 (subprocess, CPU, cached): the whole pipeline runs on CPU
+        args.tiny_encoder, args.stage1_encoder, args.encoder_device = True, None, "cpu"
+        encoded = _encode_for_generate(args, manifest, Path(tmp), "demo")
+        t0 = time.perf_counter()
+        runtime = Runtime.load(bundle, "onnxruntime")
+        prompt = prompt_inputs(runtime, args, manifest, encoded)
     cfg = runtime.cfg
     from . import camera as cam
 
@@ -241,8 +349,7 @@ def cmd_demo(args) -> int:
     else:
         rng = np.random.default_rng(0)
         first = rng.standard_normal((1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width)).astype(np.float32)
-    session = runtime.start(first, PromptEmbeddings.zeros(cfg), (inputs.camera_conditions, inputs.chunk_plucker),
-                            seed=args.seed, num_frames=F)
+    session = runtime.start(first, prompt, (inputs.camera_conditions, inputs.chunk_plucker), seed=args.seed, num_frames=F)
     ih, iw = runtime.image_hw
     what = f"decoded {iw}x{ih} video" if runtime.has_decoder else "latent preview (no VAE decoder in the bundle)"
     print(f"demo: {session.num_chunks} chunks on CPU (onnxruntime), {what} -> {args.out}", file=sys.stderr)
@@ -265,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--action", help='action string, e.g. "w-80,dw-40,none-10" (one pose per frame)')
     g.add_argument("--preset", help="named camera motion, e.g. orbit, dolly_in, pan_left")
     g.add_argument("--prompt-embeddings", help="prompt file from `sanawm encode-prompt` (.safetensors) or .npz")
+    g.add_argument("--prompt", help="text prompt, encoded (cached) by `sanawm encode-prompt` in a subprocess; needs "
+                                    "--stage1-encoder DIR or --tiny-encoder")
+    g.add_argument("--stage1-encoder", help="local Gemma-2 (gemma-2-2b-it) folder or SANA-WM pipeline folder, for --prompt")
+    g.add_argument("--tiny-encoder", action="store_true", help="encode --prompt with the tiny random Gemma-2 (tiny bundles)")
+    g.add_argument("--refiner-encoder", help="refiner text encoder folder (or 'tiny' with --tiny-encoder), for --prompt")
+    g.add_argument("--refiner-max-length", type=int, help="refiner text tokens for --prompt (default: encode-prompt's)")
+    g.add_argument("--encoder-device", choices=["cpu", "cuda"], help="device of the text encoder (default: cuda when "
+                                                                      "available; cpu for --tiny-encoder)")
+    g.add_argument("--cache-dir", help="prompt cache (default: $SANAWM_CACHE/prompts or ~/.cache/sanawm/prompts)")
     g.add_argument("--seconds", type=float, default=10.0, help="clip length at 16 fps (snapped to 1.5 s steps)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backend", default="onnxruntime", help="onnxruntime | tensorrt | tensorrt_rtx")
@@ -279,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bundle-dir", default="sanawm-demo-bundle")
     d.add_argument("--seconds", type=float, default=3.0)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--prompt", default=DEMO_PROMPT, help="encoded by the tiny random Gemma-2 on CPU (cached)")
+    d.add_argument("--cache-dir", help="prompt cache (default: $SANAWM_CACHE/prompts or ~/.cache/sanawm/prompts)")
     d.set_defaults(func=cmd_demo)
 
     sub.add_parser("encode-prompt", help="encode a prompt into a file the runtime reads (build side; see its -h)")

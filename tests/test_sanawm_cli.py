@@ -186,3 +186,84 @@ def test_progress_line_on_a_tty():
     p.update(24)
     p.update(24)
     assert s.getvalue().startswith("\r[") and s.getvalue().count("\r") == 2 and s.getvalue().endswith("\n")
+
+
+# ------------------------------------------------------------------------------ text prompts (--prompt)
+def test_prompt_argument_errors(bundle, tmp_path, capsys):
+    img = save_png(tmp_path / "a.png", (128, 192, 3))
+    base = ["generate", "--bundle", str(bundle), "--image", img, "--preset", "orbit", "--out", str(tmp_path / "o.mp4")]
+    rc, err = run(base + ["--prompt", "a fox", "--prompt-embeddings", "p.safetensors"], capsys)
+    assert rc == 2 and "either --prompt" in err
+    rc, err = run(base + ["--prompt", "a fox", "--cache-dir", str(tmp_path / "c")], capsys)
+    assert rc == 2 and "--stage1-encoder DIR" in err and "--tiny-encoder" in err
+    rc, err = run(base + ["--tiny-encoder"], capsys)
+    assert rc == 2 and "give --prompt" in err
+
+
+def test_prompt_embeddings_from_another_encoder_are_refused(bundle, tmp_path, capsys):
+    from sanawm.text.store import save_prompt_embeddings
+
+    p = tmp_path / "p.safetensors"
+    f = np.zeros((1, CFG.caption_length, CFG.caption_channels), np.float32)
+    meta = {"stage1_encoder": "gemma-2-2b-it@0123456789abcdef", "caption_length": CFG.caption_length,
+            "caption_channels": CFG.caption_channels}
+    save_prompt_embeddings(p, stage1=(f, np.ones(f.shape[:2], np.float32)), meta=meta)
+    img = save_png(tmp_path / "a.png", (128, 192, 3))
+    rc, err = run(["generate", "--bundle", str(bundle), "--image", img, "--preset", "orbit", "--prompt-embeddings", str(p),
+                   "--out", str(tmp_path / "o.mp4")], capsys)
+    assert rc == 2 and "this bundle expects 'tiny-gemma2-random@seed0'" in err
+    assert f"sanawm encode-prompt --prompt ... --tiny --out {p}" in err
+
+
+def test_generate_with_text_prompt_uses_the_cache_and_stays_torch_free(tmp_path):
+    """`generate --prompt ... --tiny-encoder` twice in a fresh interpreter (engines faked): the first run encodes (in
+    a subprocess), the second is a cache hit; the generate process never imports torch."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent / 'runtime')!r})
+        import numpy as np
+        from PIL import Image
+        from fakes import FakeDecoder, fake_generators
+        import sanawm.cli
+        from sanawm.config import tiny
+        from sanawm.runtime import Runtime
+        import sanawm.runtime.session as session_mod
+
+        cfg = tiny()
+        seen = []
+        start = session_mod.Session.start.__func__
+        def spy(cls, runtime, first, prompt, *a, **k):
+            seen.append(prompt)
+            return start(cls, runtime, first, prompt, *a, **k)
+        session_mod.Session.start = classmethod(spy)
+        def fake_load(cls, *a, **k):
+            ex = fake_generators(cfg)
+            ex.update(vae_decoder_first=FakeDecoder(cfg, True), vae_decoder_next=FakeDecoder(cfg, False))
+            return Runtime(cfg, ex)
+        Runtime.load = classmethod(fake_load)
+        Image.fromarray(np.full((16, 24, 3), 120, np.uint8)).save({str(tmp_path / 'a.png')!r})
+        import os
+        os.makedirs({str(tmp_path / 'b')!r}, exist_ok=True)
+        for i in range(2):
+            rc = sanawm.cli.main(["generate", "--bundle", {str(tmp_path / 'b')!r}, "--latent", {str(tmp_path / 'l.npy')!r},
+                                  "--preset", "orbit", "--seconds", "3", "--out", {str(tmp_path / 'c.mp4')!r},
+                                  "--prompt", "a red fox in the snow", "--tiny-encoder",
+                                  "--cache-dir", {str(tmp_path / 'cache')!r}])
+            assert rc == 0, rc
+        assert len(seen) == 2 and float(np.abs(seen[0].text).sum()) > 0
+        np.testing.assert_array_equal(seen[0].text, seen[1].text)
+        assert seen[0].meta["stage1_encoder"] == "tiny-gemma2-random@seed0"
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "diffusers"))
+        assert not bad, bad[:5]
+        print("ok")
+        """
+    )
+    np.save(tmp_path / "l.npy", np.zeros((1, 16, 1, 4, 6), np.float32))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("generate: prompt")]
+    assert len(lines) == 2, r.stderr[-3000:]
+    assert "encoded with tiny-gemma2-random@seed0" in lines[0] and "not in cache" in lines[0]
+    assert "from cache" in lines[1]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1

@@ -10,6 +10,11 @@ transformers Gemma-2 folder (config.json + weights + tokenizer files) or a diffu
 ``text_encoder/gemma3_12b``, ``text_encoder`` or ``gemma3_12b`` (or the folder itself), tokenizer in ``tokenizer/``
 (or next to the encoder) and ``connectors/`` (diffusers ``LTX2TextConnectors``); with ``--tiny`` it may be the word
 ``tiny`` (tiny random Gemma-3 + connectors, sequence length 16).
+
+Encoder identity = ``"<name>@<content fingerprint>"``; the name is the folder's (the repo name for a Hugging Face
+cache snapshot, the model config's ``_name_or_path`` for a pipeline folder; see ``sanawm.text.spec.encoder_name``).
+A cache hit imports no torch. ``--status-json`` prints one JSON line on stdout: ``{"cache_hit", "out", "key",
+"stage1_encoder", "refiner_encoder"}`` (what ``sanawm generate --prompt`` reads).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 from pathlib import Path
 
 from .cache import cache_key, encode_cached, encoder_identity
+from .spec import DEFAULT_CHI_PROMPT, TINY_REFINER_ID, TINY_STAGE1_ID, encoder_name
 
 TINY = "tiny"
 
@@ -112,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-length", type=int, help="kept stage-1 tokens (default 300; 8 with --tiny)")
     p.add_argument("--refiner-max-length", type=int, help="refiner tokens (default 1024; 16 for the tiny refiner)")
     p.add_argument("--no-chi-prompt", action="store_true", help="omit the chi preamble (not what the release does)")
+    p.add_argument("--status-json", action="store_true",
+                   help="print one JSON line on stdout: cache_hit, out, key, stage1_encoder, refiner_encoder")
     return p
 
 
@@ -124,9 +132,6 @@ def main(argv=None) -> int:
     if args.out.suffix != ".safetensors":
         raise SystemExit(f"error: --out {args.out} must end in .safetensors")
 
-    from .stage1 import DEFAULT_CHI_PROMPT
-    from .tiny import TINY_REFINER_ID, TINY_STAGE1_ID
-
     chi = None if args.no_chi_prompt else DEFAULT_CHI_PROMPT
     caption_length = args.caption_length or (8 if args.tiny else 300)
     refiner_len = args.refiner_max_length or (16 if args.refiner_encoder == TINY else 1024)
@@ -135,7 +140,7 @@ def main(argv=None) -> int:
         stage1_id = TINY_STAGE1_ID
     else:
         enc_dir, tok_dir = _resolve_stage1(args.stage1_encoder)
-        stage1_id = f"{args.stage1_encoder.resolve().name}@{encoder_identity(enc_dir).split('@')[1]}"
+        stage1_id = f"{encoder_name(args.stage1_encoder, enc_dir)}@{encoder_identity(enc_dir).split('@')[1]}"
     refiner_id = None
     if args.refiner_encoder == TINY:
         refiner_id = TINY_REFINER_ID
@@ -224,6 +229,10 @@ def main(argv=None) -> int:
 
     hit = encode_cached(args.cache_dir, key, args.out, encode)
     _log(f"{'cache hit' if hit else 'encoded'} -> {args.out} (key {key[:12]})")
+    if args.status_json:
+        status = {"cache_hit": bool(hit), "out": str(args.out), "key": key, "stage1_encoder": stage1_id,
+                  "refiner_encoder": refiner_id}
+        print(json.dumps(status, ensure_ascii=False), flush=True)
     return 0
 
 

@@ -157,13 +157,23 @@ def load_prompt_embeddings(
     expect_encoder: str | None = None,
     expect_refiner_channels: int | None = None,
     require_refiner: bool = False,
+    reencode_command: str | None = None,
 ) -> PromptEmbeddings:
-    """Load and check a prompt file against what a bundle expects; raises ``PromptFileError`` naming the fix."""
+    """Load and check a prompt file against what a bundle expects; raises ``PromptFileError`` naming the fix.
+
+    ``reencode_command``: the exact ``sanawm encode-prompt ...`` line for this bundle (see
+    ``sanawm.text.spec.encode_command``), quoted in every error instead of the generic hint."""
     from safetensors.numpy import load_file
 
     path = Path(path)
-    meta = read_meta(path)
-    hint = _REENCODE_HINT.format(path=path)
+    hint = _REENCODE_HINT.format(path=path) if reencode_command is None else (
+        f"Re-encode the prompt for this bundle: {reencode_command}")
+    try:
+        meta = read_meta(path)
+    except PromptFileError as e:
+        if reencode_command is None:
+            raise
+        raise PromptFileError(str(e).replace(_REENCODE_HINT.format(path=path), hint)) from None
     t = load_file(str(path))
     if "stage1.features" not in t or "stage1.mask" not in t:
         raise PromptFileError(f"{path} has no stage-1 prompt features (tensors: {sorted(t)}). {hint}")
@@ -183,8 +193,8 @@ def load_prompt_embeddings(
             raise PromptFileError(
                 f"{path}: {name} features have shape {tuple(f.shape)} (caption_length x caption_channels = "
                 f"{tuple(f.shape[1:])}, encoder {stored_enc!r}) but this bundle expects (batch, "
-                f"{expect_caption_length}, {expect_caption_channels}). {hint} "
-                f"(with --caption-length {expect_caption_length})"
+                f"{expect_caption_length}, {expect_caption_channels}). {hint}"
+                + ("" if reencode_command is not None else f" (with --caption-length {expect_caption_length})")
             )
         if m.shape != f.shape[:2]:
             raise PromptFileError(f"{path}: {name} mask shape {m.shape} does not match features {f.shape}. {hint}")

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import torch
 
-TINY_STAGE1_ID = "tiny-gemma2-random@seed0"
-TINY_REFINER_ID = "tiny-gemma3-random@seed0"
-
-# Hidden size of the tiny stage-1 encoder = GeneratorConfig.tiny().caption_channels.
-TINY_HIDDEN = 32
+# Identities and hidden size (= GeneratorConfig.tiny().caption_channels) live in the torch-free sanawm.text.spec.
+from .spec import TINY_HIDDEN, TINY_REFINER_ID, TINY_STAGE1_ID  # noqa: F401
 
 _SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 

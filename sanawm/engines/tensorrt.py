@@ -201,6 +201,64 @@ def detect_environment(backend: str):
     return BackendEnv(backend, trt.__version__, f"sm_{prop.major}{prop.minor}", gpu)
 
 
+# ------------------------------------------------------------------------------------ weight streaming
+def check_budget_spec(name: str, budget) -> None:
+    """Reject a malformed ``weight_streaming_budget`` before any GPU work."""
+    if budget is None or (isinstance(budget, str) and budget == "auto"):
+        return
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ExecutorError(
+            f"engine {name!r}: weight_streaming_budget must be bytes (int), a fraction in (0, 1] (float) or 'auto'; "
+            f"got {budget!r}"
+        )
+    if isinstance(budget, float) and not 0.0 < budget <= 1.0:
+        raise ExecutorError(
+            f"engine {name!r}: a fractional weight_streaming_budget must lie in (0, 1] (share of the streamable "
+            f"weights kept on the device); got {budget}; pass bytes as an int"
+        )
+    if isinstance(budget, int) and budget < 0:
+        raise ExecutorError(f"engine {name!r}: weight_streaming_budget must be >= 0 bytes; got {budget}")
+
+
+def parse_budget(text: str) -> int | float | str:
+    """CLI spelling of a budget: ``auto``, ``0.5`` (fraction), ``50%``, ``2G`` / ``512M`` / ``1048576`` (bytes)."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return "auto"
+    if t.endswith("%"):
+        return float(t[:-1]) / 100.0
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    if "." in t:
+        return float(t)
+    return int(t)
+
+
+def apply_weight_streaming_budget(name: str, engine, budget) -> int:
+    """Set ``engine.weight_streaming_budget_v2`` from a budget spec; returns the bytes set.
+
+    Must run after deserialization and before ``create_execution_context`` (TensorRT reads the budget when
+    the context is created). A plan built without weight streaming has no streamable weights: that is an
+    error naming the fix, not a silent no-op.
+    """
+    check_budget_spec(name, budget)
+    total = int(getattr(engine, "streamable_weights_size", 0) or 0)
+    if total <= 0:
+        raise ExecutorError(
+            f"engine {name!r}: weight_streaming_budget={budget!r} was given but the plan has no streamable weights "
+            "(built without weight streaming); rebuild it with `sanawm-export ... --weight-streaming` or drop the budget"
+        )
+    if budget == "auto":
+        nbytes = int(engine.get_weight_streaming_automatic_budget())
+    elif isinstance(budget, float):
+        nbytes = int(total * budget)
+    else:
+        nbytes = min(int(budget), total)
+    engine.weight_streaming_budget_v2 = nbytes
+    return nbytes
+
+
 # ------------------------------------------------------------------------------------------ engine
 class TensorRTEngine(Executor):
     """A TensorRT or TensorRT-RTX plan with device buffers from cuda-python."""
@@ -215,10 +273,20 @@ class TensorRTEngine(Executor):
         *,
         backend: str = "tensorrt",
         use_cuda_graph: bool = False,
+        weight_streaming_budget: int | float | str | None = None,
     ):
+        """``weight_streaming_budget``: device bytes of streamable weights to keep resident (int), a fraction
+        of the plan's streamable weights (float in (0, 1]), ``"auto"`` (TensorRT's automatic budget), or
+        None (everything resident: TensorRT's default). Only for plans built with weight streaming
+        (``sanawm-export --weight-streaming``); applied through ``engine.weight_streaming_budget_v2`` in
+        ``activate`` before the execution context is created. The plumbing is unit-tested with a fake
+        engine; the real TensorRT behaviour (speed, memory) is untested here (no GPU on the build machine)."""
         super().__init__(name, tuple(inputs), tuple(outputs), state_map)
         if backend not in _TRT_MODULES:
             raise ExecutorError(f"unknown TensorRT backend {backend!r}; choose 'tensorrt' or 'tensorrt_rtx'")
+        check_budget_spec(name, weight_streaming_budget)
+        self.weight_streaming_budget = weight_streaming_budget
+        self.weight_streaming_bytes: int | None = None  # what was applied (None: not streaming)
         self.backend = backend
         self.plan_path = Path(plan_path)
         self.use_cuda_graph = use_cuda_graph
@@ -255,6 +323,8 @@ class TensorRTEngine(Executor):
         if self.engine is None:
             self.load()
         self._rt = rt = cuda_runtime()
+        if self.weight_streaming_budget is not None:
+            self.weight_streaming_bytes = apply_weight_streaming_budget(self.name, self.engine, self.weight_streaming_budget)
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise ExecutorError(f"engine {self.name!r}: create_execution_context failed (out of device memory?)")

@@ -71,6 +71,29 @@ def _cc_enum(trt, cc: str):
     return getattr(trt.ComputeCapability, name)
 
 
+def set_weight_streaming(trt, config, backend: str, strongly_typed: bool) -> None:
+    """Turn on ``BuilderFlag.WEIGHT_STREAMING`` (TensorRT >= 10 / TensorRT-RTX), or say why it cannot be.
+
+    TensorRT streams weights only for strongly typed networks. In TensorRT 11 and TensorRT-RTX every network
+    is strongly typed (the ``STRONGLY_TYPED`` creation flag may not even exist); in TensorRT 10 the network
+    must have been created with that flag (``build_engine`` always sets it when it exists).
+    """
+    flag = getattr(getattr(trt, "BuilderFlag", None), "WEIGHT_STREAMING", None)
+    if flag is None:
+        raise BuildError(
+            f"{backend} ({trt.__name__} {getattr(trt, '__version__', '?')}) has no BuilderFlag.WEIGHT_STREAMING; "
+            "weight streaming needs TensorRT >= 10.0 or TensorRT-RTX: upgrade it or build without --weight-streaming"
+        )
+    has_st_flag = hasattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED")
+    if has_st_flag and not strongly_typed:
+        raise BuildError(
+            "weight streaming needs a strongly typed network (NetworkDefinitionCreationFlag.STRONGLY_TYPED); "
+            "this network was created without it"
+        )
+    config.set_flag(flag)
+    log.info("weight streaming enabled: the plan's weights may stay in host memory (set the budget at run time)")
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     plan_path: str | os.PathLike,
@@ -82,6 +105,7 @@ def build_engine(
     fixed_shapes: Mapping[str, Sequence[int]] | None = None,
     compute_capabilities: Sequence[str] | None = None,
     workspace_bytes: int | None = None,
+    weight_streaming: bool = False,
 ) -> BuildResult:
     """Build a plan from an ONNX file.
 
@@ -94,6 +118,11 @@ def build_engine(
             pins min = opt = max (used when the ONNX has symbolic dims). Fully static graphs need neither.
         compute_capabilities: TensorRT-RTX targets (e.g. ["sm_89"]); default ``DEFAULT_RTX_TARGETS``.
             Ignored by datacenter TensorRT, which builds for the GPU it runs on.
+        weight_streaming: set ``BuilderFlag.WEIGHT_STREAMING`` so the runtime may keep only part of the
+            weights on the device (``TensorRTEngine(weight_streaming_budget=...)``; the refiner is the
+            largest model). Needs a strongly typed network (what this builder always creates); recorded as
+            ``build.weight_streaming`` in the manifest. Untested here (no GPU / full TensorRT on the build
+            machine): only the flag plumbing is unit-tested with a fake ``trt`` module.
     Returns:
         BuildResult with the build facts for the manifest.
     """
@@ -105,6 +134,7 @@ def build_engine(
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    strongly_typed = bool(flags)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, L)
     if not parser.parse_from_file(str(onnx_path)):
@@ -114,6 +144,8 @@ def build_engine(
     config.builder_optimization_level = int(optimization_level)
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if weight_streaming:
+        set_weight_streaming(trt, config, backend, strongly_typed)
 
     targets: list[str] = []
     if backend == "tensorrt_rtx":
@@ -191,6 +223,7 @@ def build_engine(
         "builder_optimization_level": int(optimization_level),
         "strongly_typed": True,
         "version_compatible": False,
+        "weight_streaming": bool(weight_streaming),
         "host": platform.machine(),
     }
     secs = time.time() - t0

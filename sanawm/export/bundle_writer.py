@@ -53,10 +53,13 @@ class EngineArtifacts:
 
 class BundleWriter:
     def __init__(
-        self, root: str | Path, *, source: dict, export: dict, generator_config: dict | None = None, vae: dict | None = None
+        self, root: str | Path, *, source: dict, export: dict, generator_config: dict | None = None, vae: dict | None = None,
+        refiner: dict | None = None,
     ):
         """``vae``: the manifest's ``vae`` section (VAE config, ``image_hw``, ...) when this run exports VAE
-        engines; None keeps the existing bundle's section (its VAE engines are kept too)."""
+        engines; None keeps the existing bundle's section (its VAE engines are kept too). ``refiner``: the same
+        for the stage-2 refiner (layout, sigmas, config, source): everything the runtime's refiner stage needs
+        besides the engines."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         old = {}
@@ -77,11 +80,13 @@ class BundleWriter:
             "export": export,
             "generator_config": generator_config,
             "vae": vae if vae is not None else old.get("vae"),
+            "refiner": refiner if refiner is not None else old.get("refiner"),
             # engines not rebuilt in this run are kept as they were
             "engines": {k: v for k, v in self.old_engines.items()},
         }
-        if self.manifest["vae"] is None:
-            del self.manifest["vae"]
+        for k in ("vae", "refiner"):
+            if self.manifest[k] is None:
+                del self.manifest[k]
 
     def artifacts(self, name: str) -> EngineArtifacts:
         return EngineArtifacts(self.root, name)

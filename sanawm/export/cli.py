@@ -2,13 +2,24 @@
 
     sanawm-export --checkpoint PATH | --random  --config tiny|full  --out DIR  [--vae VAE_DIR]
                   [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp8]
-                  [--engines generator_first,generator_next,vae_encoder,vae_decoder_first,vae_decoder_next]
+                  [--engines generator_first,generator_next,vae_encoder,vae_decoder_first,vae_decoder_next,
+                             refiner_sink,refiner_step,refiner_capture]
+                  [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
                   [--calib-chunks N] [--timing-cache PATH]
 
 VAE engines (``vae_encoder``, ``vae_decoder_first``, ``vae_decoder_next``) come from ``--vae`` (a diffusers
 ``AutoencoderKLLTX2Video`` folder) or, with ``--random``, a seeded random VAE (tiny config: latent channels =
 the generator's ``in_channels``); they are always exported in FP32 (``--fp8`` applies to the generator only).
 The manifest's ``vae`` section records the VAE config and the image size the runtime crops first frames to.
+
+Refiner engines (``refiner_sink``, ``refiner_step``, ``refiner_capture``; ``sanawm.models.refiner``) come from
+``--refiner`` (a diffusers ``SanaWMLTX2RefinerTransformer3DModel`` folder: the refiner's ``transformer/`` or its
+repo root) or, with ``--random``, the seeded tiny random refiner (latent channels = the generator's
+``in_channels``). Same latent H x W as the generator; FP8 with ``--fp8`` (calibrated over the sink pass, the three
+sigmas and the sigma-0 capture over ``--calib-chunks`` + 1 blocks), else FP32. The manifest's ``refiner`` section
+records the layout (block size, kv_max_frames, sink frames, sigmas, caption length/channels, timestep scale), so
+the runtime needs nothing else. ``--no-refiner`` skips them. ``--weight-streaming`` builds the TensorRT plans of
+the refiner engines (or of the listed engines, or ``all``) with ``BuilderFlag.WEIGHT_STREAMING``.
 
 Each stage is skipped when its artifact exists with its recorded hash and unchanged inputs (one log line
 per stage). Engine ``toy`` (``sanawm.export.toy``) is a small stand-in for smoke tests.
@@ -33,8 +44,11 @@ from ..spec import StepIO
 log = logging.getLogger("sanawm.export")
 GENERATOR_ENGINES = ("generator_first", "generator_next")
 VAE_ENGINES = ("vae_encoder", "vae_decoder_first", "vae_decoder_next")
-ALL_ENGINES = GENERATOR_ENGINES + VAE_ENGINES + ("toy",)
+REFINER_ENGINES = ("refiner_sink", "refiner_step", "refiner_capture")
+ALL_ENGINES = GENERATOR_ENGINES + VAE_ENGINES + REFINER_ENGINES + ("toy",)
 VAE_PRECISION = "fp32"  # FP16/BF16/FP8 only once a test shows the decoder error stays small
+TINY_REFINER_CAPTION_LENGTH = 16  # `sanawm encode-prompt --refiner-encoder tiny` default
+FULL_REFINER_CAPTION_LENGTH = 1024  # LTX-2 connector tokens
 
 
 @dataclass
@@ -246,6 +260,130 @@ def vae_jobs(vae, cfg, names, key: dict) -> list[EngineJob]:
     return jobs
 
 
+# ----------------------------------------------------------------------------------- refiner engines
+def load_refiner(path: Path):
+    """The refiner transformer (float32) from a diffusers folder: its ``transformer/`` or the repo root."""
+    import torch
+
+    from ..models.refiner import load_refiner_transformer
+
+    if not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
+        return load_refiner_transformer(str(path), dtype=torch.float32, subfolder="transformer").float().eval()
+    return load_refiner_transformer(str(path), dtype=torch.float32).float().eval()
+
+
+def check_refiner_matches(transformer, cfg, where: str) -> None:
+    c = transformer.config
+    if int(c.in_channels) != cfg.in_channels or int(c.out_channels or c.in_channels) != cfg.in_channels:
+        raise ValueError(
+            f"{where} takes {c.in_channels} latent channels (out {c.out_channels}), the generator config takes "
+            f"{cfg.in_channels}; use the refiner that belongs to this generator (LTX-2: 128 channels with --config full)"
+        )
+    if int(getattr(c, "patch_size", 1)) != 1 or int(getattr(c, "patch_size_t", 1)) != 1:
+        raise ValueError(f"{where} has patch_size {c.patch_size}/{c.patch_size_t}; the refiner graphs support 1/1 (LTX-2)")
+
+
+def refiner_section(core, layout, transformer, sigmas, source: dict, precision: str) -> dict:
+    """The manifest's ``refiner`` entry: the layout the runtime's refiner stage checks and uses."""
+    return {
+        "layout": {
+            "block_size": layout.block_size,
+            "kv_max_frames": layout.kv_max_frames,
+            "sink_frames": layout.sink_frames,
+            "history_frames": layout.history_frames,
+            "latent_hw": [layout.latent_height, layout.latent_width],
+            "caption_length": layout.caption_length,
+            "caption_channels": int(core.caption_channels),
+        },
+        "sigmas": [float(x) for x in sigmas],
+        "timestep_scale_multiplier": float(core.timestep_scale_multiplier),
+        "fps": float(core.fps),
+        "latent_channels": int(core.in_channels),
+        "num_layers": int(core.num_layers),
+        "heads": int(core.heads),
+        "head_dim": int(core.head_dim),
+        "default_seed": 42,
+        "config": _json_config(transformer.config),
+        "precision": precision,
+        "source": source,
+    }
+
+
+def _refiner_data(core, layout, blocks: int, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    lat = torch.randn(1, core.in_channels, layout.sink_frames + layout.block_size * blocks, layout.latent_height,
+                      layout.latent_width, generator=g)
+    text = torch.randn(1, layout.caption_length, core.caption_channels, generator=g)
+    mask = torch.ones(1, layout.caption_length)
+    mask[:, -max(1, layout.caption_length // 4):] = 0
+    return lat, text, mask
+
+
+def refiner_calibration(layout, sigmas, blocks: int, seed: int = 4321) -> Callable:
+    """FP8 calibration: the whole AR loop (sink pass, every sigma, sigma-0 capture) over ``blocks`` blocks, so
+    the history fills and, past ``kv_max_frames``, slides (as tests/models/test_refiner_export.py does)."""
+    import torch
+
+    from ..models.refiner import refine_stream
+
+    def loop(qmodule) -> None:
+        core = qmodule.core
+        lat, text, mask = _refiner_data(core, layout, blocks, seed)
+        refine_stream(core, lat, text, mask, generator=torch.Generator().manual_seed(seed + 1),
+                      block_size=layout.block_size, kv_max_frames=layout.kv_max_frames,
+                      sink_frames=layout.sink_frames, sigmas=sigmas)
+
+    return loop
+
+
+def refiner_feeds(core, layout, kind: str, seed: int = 8) -> dict[str, np.ndarray]:
+    """Plausible feeds for tracing and the ORT check: block 1 (frames 4..6) after one block of history."""
+    from ..models.refiner import refiner_io, sink_rope_offset
+    from .onnx import random_inputs
+
+    io = refiner_io(core, layout, kind)
+    f = random_inputs(io, seed)
+    n, sk, S = layout.block_size, layout.sink_frames, layout.tokens_per_frame
+    start = sk + n
+    if "frame_pos" in f:
+        f["frame_pos"] = np.arange(start, start + n, dtype=np.int64)
+    if kind == "sink":
+        f["sink_pos"] = np.arange(sk, dtype=np.int64)
+    elif "sink_pos" in f:
+        off = sink_rope_offset(start, min(n, layout.history_frames), sk)
+        f["sink_pos"] = np.arange(off, off + sk, dtype=np.int64)
+    if "hist_valid" in f:
+        v = np.zeros(layout.history_tokens, np.float32)
+        v[-min(n, layout.history_frames) * S:] = 1
+        f["hist_valid"] = v
+    if "timestep" in f:
+        f["timestep"] = np.array([0.725 * core.timestep_scale_multiplier], np.float32)
+    return f
+
+
+def refiner_jobs(core, layout, sigmas, names, calib_blocks: int, key: dict) -> list[EngineJob]:
+    from ..models.refiner import RefinerSinkCapture, RefinerStep, refiner_io
+    from .onnx import FIXED_SHAPE_NOTE
+
+    mods = {"refiner_sink": ("sink", lambda: RefinerSinkCapture(core)), "refiner_step": ("step", lambda: RefinerStep(core)),
+            "refiner_capture": ("capture", lambda: RefinerStep(core, capture=True))}
+    notes = {
+        "sink": "raw stage-1 frame(s) [0, sink) -> per-layer pre-RoPE sink K/V (once per clip)",
+        "step": "one block at one sigma under [sink ; history ; block] attention -> velocity",
+        "capture": "refined block at sigma 0 -> history window shifted by one block (hist_*.out -> hist_*)",
+    }
+    calib = refiner_calibration(layout, sigmas, calib_blocks)
+    jobs = []
+    for name in names:
+        kind, make = mods[name]
+        io = refiner_io(core, layout, kind)
+        jobs.append(EngineJob(name, name, make().eval(), io, calib, (lambda kind=kind: refiner_feeds(core, layout, kind)),
+                              f"{notes[kind]}; {FIXED_SHAPE_NOTE}", None, key))
+    return jobs
+
+
 def toy_job(seed: int = 0) -> EngineJob:
     import torch
 
@@ -288,9 +426,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     prec.add_argument("--precision", choices=("fp32", "fp8"))
     ap.add_argument("--vae", type=Path, default=None,
                     help="diffusers AutoencoderKLLTX2Video folder (config.json + safetensors) for the VAE engines")
+    ap.add_argument("--refiner", type=Path, default=None,
+                    help="diffusers SanaWMLTX2RefinerTransformer3DModel folder (the refiner's transformer/ or repo root)")
+    ap.add_argument("--no-refiner", action="store_true", help="do not export the refiner engines")
+    ap.add_argument("--refiner-caption-length", type=int, default=None,
+                    help=f"refiner prompt tokens (default {TINY_REFINER_CAPTION_LENGTH} for the tiny random refiner, "
+                         f"{FULL_REFINER_CAPTION_LENGTH} for --refiner)")
+    ap.add_argument("--refiner-kv-max-frames", type=int, default=11, help="refiner sink + history latent frames")
+    ap.add_argument("--refiner-fps", type=float, default=16.0, help="frame rate the refiner's RoPE assumes")
+    ap.add_argument("--weight-streaming", nargs="?", const="refiner", default=None, metavar="ENGINES",
+                    help="build TensorRT plans with weight streaming: for the refiner engines (no value), a comma "
+                         "list of engines, or 'all'; the runtime then takes weight_streaming_budget")
     ap.add_argument("--engines", default=None,
                     help=f"comma list of {','.join(ALL_ENGINES)}; default: the generator, plus the VAE engines "
-                         "with --random or --vae")
+                         "with --random or --vae, plus the refiner engines with --random or --refiner "
+                         "(unless --no-refiner)")
     ap.add_argument("--calib-chunks", type=int, default=3, help="chunks of a streaming run used for FP8 calibration")
     ap.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file (loaded and saved)")
     ap.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level (0-5)")
@@ -305,13 +455,37 @@ def parse_args(argv=None) -> argparse.Namespace:
             ap.error(f"unknown backend {b!r}; choose from {','.join(BACKENDS)}")
     if a.engines is None:
         a.engines = list(GENERATOR_ENGINES) + (list(VAE_ENGINES) if (a.random or a.vae is not None) else [])
+        if (a.random or a.refiner is not None) and not a.no_refiner:
+            a.engines += list(REFINER_ENGINES)
     else:
         a.engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+        if a.no_refiner and any(e in REFINER_ENGINES for e in a.engines):
+            ap.error("--no-refiner conflicts with refiner engines in --engines; drop one of them")
     for e in a.engines:
         if e not in ALL_ENGINES:
             ap.error(f"unknown engine {e!r}; choose from {','.join(ALL_ENGINES)}")
     if "toy" in a.engines and not a.random:
         ap.error("engine 'toy' has no checkpoint; use --random")
+    if a.refiner is not None and a.no_refiner:
+        ap.error("--refiner and --no-refiner conflict; drop one of them")
+    if any(e in REFINER_ENGINES for e in a.engines) and a.refiner is None and not a.random:
+        ap.error("the refiner engines need the refiner weights: pass --refiner PATH (a diffusers "
+                 "SanaWMLTX2RefinerTransformer3DModel folder), leave them out of --engines, or pass --no-refiner")
+    if a.weight_streaming is not None:
+        ws = [e.strip() for e in a.weight_streaming.split(",") if e.strip()]
+        if ws == ["refiner"]:
+            ws = list(REFINER_ENGINES)
+        elif ws == ["all"]:
+            ws = list(ALL_ENGINES)
+        bad = [e for e in ws if e not in ALL_ENGINES]
+        if bad:
+            ap.error(f"--weight-streaming: unknown engines {bad}; give none (the refiner engines), 'all' or a comma "
+                     f"list of {','.join(ALL_ENGINES)}")
+        if not any(b in PLAN_BACKENDS for b in a.backends):
+            ap.error(f"--weight-streaming applies to TensorRT plans; add one of {','.join(PLAN_BACKENDS)} to --backends")
+        a.weight_streaming = ws
+    else:
+        a.weight_streaming = []
     if any(e in VAE_ENGINES for e in a.engines) and a.vae is None and not a.random:
         ap.error("the VAE engines need the VAE weights: pass --vae PATH (the checkpoint's vae/ folder, a diffusers "
                  "AutoencoderKLLTX2Video) or leave them out of --engines")
@@ -339,10 +513,12 @@ def main(argv=None) -> int:
               "random_seed": a.seed if a.random else None}
     gen_names = [e for e in a.engines if e in GENERATOR_ENGINES]
     vae_names = [e for e in a.engines if e in VAE_ENGINES]
+    ref_names = [e for e in a.engines if e in REFINER_ENGINES]
     cfg = None
     vae_info = None
+    ref_info = None
     jobs: list[EngineJob] = []
-    if gen_names or vae_names:
+    if gen_names or vae_names or ref_names:
         from ..config import get_config
 
         cfg = get_config(a.config)
@@ -388,6 +564,39 @@ def main(argv=None) -> int:
             log.info("VAE engines stay %s (--precision %s applies to the generator only)", VAE_PRECISION, a.precision)
         vkey = {"vae_source": vsrc, "vae_config": vae_info["config"], "latent_hw": vae_info["latent_hw"]}
         jobs += vae_jobs(vae, cfg, vae_names, vkey)
+    if ref_names:
+        from ..models.refiner import STAGE_2_SIGMAS, RefinerCore, RefinerLayout, make_tiny_refiner_transformer
+
+        if a.refiner is not None:
+            if not a.refiner.exists():
+                log.error("--refiner %s does not exist", a.refiner)
+                return 2
+            log.info("hashing refiner %s ...", a.refiner)
+            rsrc = {"refiner": str(a.refiner), "refiner_sha256": _sha256_path(a.refiner), "random_seed": None}
+            try:
+                transformer = load_refiner(a.refiner)
+            except (OSError, ValueError) as e:
+                log.error("%s", e)
+                return 2
+            default_len = FULL_REFINER_CAPTION_LENGTH
+        else:
+            rsrc = {"refiner": None, "refiner_sha256": None, "random_seed": a.seed}
+            transformer = make_tiny_refiner_transformer(a.seed, in_channels=cfg.in_channels, out_channels=cfg.in_channels)
+            default_len = TINY_REFINER_CAPTION_LENGTH
+        try:
+            check_refiner_matches(transformer, cfg, f"--refiner {a.refiner}" if a.refiner else "the random refiner")
+            layout = RefinerLayout(cfg.latent_height, cfg.latent_width, a.refiner_caption_length or default_len,
+                                   kv_max_frames=a.refiner_kv_max_frames)
+            core = RefinerCore(transformer, fps=a.refiner_fps).eval()
+        except (ValueError, NotImplementedError) as e:
+            log.error("%s", e)
+            return 2
+        sigmas = STAGE_2_SIGMAS
+        ref_info = refiner_section(core, layout, transformer, sigmas, rsrc, a.precision)
+        calib_blocks = max(1, a.calib_chunks) + 1
+        rkey = {"refiner_source": rsrc, "refiner_config": ref_info["config"], "refiner_layout": ref_info["layout"],
+                "fps": a.refiner_fps, "calib_blocks": calib_blocks if a.precision == "fp8" else None}
+        jobs += refiner_jobs(core, layout, sigmas, ref_names, calib_blocks, rkey)
     if "toy" in a.engines:
         jobs.append(toy_job(a.seed))
 
@@ -397,6 +606,7 @@ def main(argv=None) -> int:
         export={"config": a.config, "precision": a.precision, "opset": opset, "calib_chunks": a.calib_chunks},
         generator_config=cfg.to_dict() if cfg is not None else None,
         vae=vae_info,
+        refiner=ref_info,
     )
     for job in jobs:
         precision = job.precision or a.precision
@@ -411,7 +621,8 @@ def main(argv=None) -> int:
         def export(art, job=job, precision=precision):
             module, facts = job.module, {"opset": opset}
             if precision == "fp8":
-                log.info("[%s] fp8: calibrating over %d chunk(s) ...", job.name, a.calib_chunks)
+                what = f"{max(1, a.calib_chunks) + 1} refiner block(s)" if job.name in REFINER_ENGINES else f"{a.calib_chunks} chunk(s)"
+                log.info("[%s] fp8: calibrating over %s ...", job.name, what)
                 module, rep = quantize_fp8(job.module, job.calibrate)
                 facts["fp8_layers"] = rep.layers
             sample = job.sample() if callable(job.sample) else job.sample
@@ -431,11 +642,15 @@ def main(argv=None) -> int:
 
             trt = import_trt(b)
             targets = [t for t in a.rtx_targets.split(",") if t] if b == "tensorrt_rtx" else None
+            stream = job.name in a.weight_streaming
             bkey = {"backend": b, "version": trt.__version__, "opt": a.opt_level, "targets": targets}
+            if stream:
+                bkey["weight_streaming"] = True
 
-            def build(art, b=b, targets=targets):
+            def build(art, b=b, targets=targets, stream=stream):
                 return build_engine(art.onnx, art.plan(b), backend=b, optimization_level=a.opt_level,
-                                    timing_cache=a.timing_cache, compute_capabilities=targets).build
+                                    timing_cache=a.timing_cache, compute_capabilities=targets,
+                                    weight_streaming=stream).build
 
             w.stage_plan(job.name, b, bkey, build)
     path = w.write()

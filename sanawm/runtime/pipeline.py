@@ -16,6 +16,20 @@ ENCODER_ENGINE = "vae_encoder"
 OPTIONAL_ENGINES = (ENCODER_ENGINE,) + REFINER_ENGINES + DECODER_ENGINES
 
 
+def engine_options(bundle, name: str, backend: str, options: dict, weight_streaming_budget=None) -> dict:
+    """Executor options for one engine: ``options`` plus the weight-streaming budget when the engine's plan for
+    ``backend`` was built with weight streaming (manifest ``files.<backend>.build.weight_streaming``)."""
+    opts = dict(options)
+    if weight_streaming_budget is None:
+        return opts
+    if backend == "onnxruntime":
+        raise ValueError("weight_streaming_budget applies to TensorRT plans only (backends tensorrt / tensorrt_rtx); "
+                         "drop it for onnxruntime")
+    if bundle.build_info(name, backend).get("weight_streaming"):
+        opts["weight_streaming_budget"] = weight_streaming_budget
+    return opts
+
+
 class Runtime:
     """Executors for one bundle on one backend.
 
@@ -25,6 +39,10 @@ class Runtime:
             ``generator_first`` and ``generator_next`` are required, the rest optional.
         schedule: stage-1 timesteps (inject another for experiments / parity tests).
         refiner: False skips the refiner even when the bundle has one.
+        refiner_layout: the manifest's ``refiner`` section (block size, history, sigmas, timestep scale); the
+            refiner stage checks the engines against it.
+        refiner_seed: seed of the refiner's per-block noise (numpy PCG64, default 42 like the release's
+            ``--refiner_seed``; not bit-identical to the release's torch CUDA RNG).
         image_hw: pixel size of the model frame (the manifest's ``vae.image_hw``); default: read off the VAE
             engines, else 32x the latent grid. Must agree with the VAE engines' shapes.
     """
@@ -37,6 +55,8 @@ class Runtime:
         refiner: bool = True,
         source: str | None = None,
         image_hw: tuple[int, int] | None = None,
+        refiner_layout: dict | None = None,
+        refiner_seed: int = 42,
     ):
         missing = [n for n in GENERATOR_ENGINES if n not in executors]
         if missing:
@@ -47,6 +67,7 @@ class Runtime:
         self.cfg, self.executors, self.schedule, self.refiner, self.source = cfg, dict(executors), schedule, refiner, source
         self.generator = GeneratorRunner(cfg, executors["generator_first"], executors["generator_next"], schedule)
         self.encoder = FirstFrameEncoder(executors[ENCODER_ENGINE]) if ENCODER_ENGINE in executors else None
+        self.refiner_layout, self.refiner_seed = refiner_layout, int(refiner_seed)
         self._image_hw = self._resolve_image_hw(image_hw)
 
     def _resolve_image_hw(self, given) -> tuple[int, int]:
@@ -69,8 +90,14 @@ class Runtime:
         return self.cfg.latent_height * 32, self.cfg.latent_width * 32
 
     @classmethod
-    def load(cls, bundle_dir, backend: str = "onnxruntime", *, refiner: bool = True, **options) -> "Runtime":
-        """Open a bundle folder and load every engine it has for ``backend`` (options go to the executors)."""
+    def load(cls, bundle_dir, backend: str = "onnxruntime", *, refiner: bool = True, refiner_seed: int = 42,
+             weight_streaming_budget=None, **options) -> "Runtime":
+        """Open a bundle folder and load every engine it has for ``backend`` (options go to the executors).
+
+        ``refiner=False`` skips the refiner engines; ``refiner_seed`` seeds its per-block noise.
+        ``weight_streaming_budget`` (TensorRT backends): bytes, a fraction in (0, 1] or ``"auto"`` of streamable
+        weights kept on the device, for every engine whose plan was built with ``--weight-streaming``.
+        """
         from ..bundle import Bundle
         from ..engines import load_executor
 
@@ -81,14 +108,24 @@ class Runtime:
         names = [n for n in GENERATOR_ENGINES + OPTIONAL_ENGINES if n in bundle.engines]
         if not refiner:
             names = [n for n in names if n not in REFINER_ENGINES]
-        executors = {n: load_executor(bundle, n, backend, **options) for n in names}
+        executors = {n: load_executor(bundle, n, backend, **engine_options(bundle, n, backend, options, weight_streaming_budget))
+                     for n in names}
+        if weight_streaming_budget is not None and not any(
+            getattr(ex, "weight_streaming_budget", None) is not None for ex in executors.values()
+        ):
+            raise ValueError(
+                f"weight_streaming_budget={weight_streaming_budget!r}: no engine of bundle {bundle_dir} loaded for "
+                f"{backend} was built with weight streaming; rebuild the large engines with `sanawm-export ... "
+                "--backends tensorrt_rtx --weight-streaming` or drop the budget"
+            )
         for n, ex in executors.items():  # a first graph's state feeds the next graph (vae_decoder_first)
             chain = bundle.engine(n).raw.get("chains_to") or {}
             if chain.get("engine") in executors and chain.get("state_map"):
                 ex.state_map = {**ex.state_map, **chain["state_map"]}
         vae = bundle.manifest.get("vae") or {}
         image_hw = tuple(vae["image_hw"]) if vae.get("image_hw") else None
-        return cls(cfg, executors, refiner=refiner, source=str(Path(bundle_dir)), image_hw=image_hw)
+        return cls(cfg, executors, refiner=refiner, source=str(Path(bundle_dir)), image_hw=image_hw,
+                   refiner_layout=bundle.manifest.get("refiner"), refiner_seed=refiner_seed)
 
     # ------------------------------------------------------------------ what the bundle offers
     @property
@@ -106,7 +143,8 @@ class Runtime:
         return self._image_hw
 
     def new_stages(self) -> list[Stage]:
-        return build_stages(self.executors, refiner=self.refiner)
+        return build_stages(self.executors, refiner=self.refiner,
+                            refiner_options={"layout": self.refiner_layout, "seed": self.refiner_seed})
 
     def encode_first_frame(self, first_frame: np.ndarray) -> np.ndarray:
         """First frame -> condition latent [1, C, 1, H, W].

@@ -76,7 +76,10 @@ class Session:
 
         Args:
             first_frame_or_latent: RGB uint8 [H, W, 3] at the model size (needs a ``vae_encoder``) or a latent.
-            prompt_embeddings: ``PromptEmbeddings``, (text, mask), a text array [1, L, Ct] or a file path.
+            prompt_embeddings: ``PromptEmbeddings``, (text, mask), a text array [1, L, Ct] or a file path. With a
+                refiner in the bundle, its text comes from the same value's ``refiner.features`` /
+                ``refiner.mask`` (file or dict keys, or ``refiner_features`` attributes); zeros with a warning
+                when absent.
             camera: (camera_conditions [T, 20], plucker [48, T, H, W]) for at least the clip's latent frames.
             seed: clip noise seed (numpy PCG64; not bit-identical to the torch release, see runtime.noise).
             num_frames: video frames F (8 (T - 1) + 1, T = 4 + 3k); default: the camera path's length.
@@ -103,7 +106,16 @@ class Session:
             cam, pl = cam[:T], pl[:, :T]
         cond = Conditioning(latent, prompt.text, prompt.text_mask, np.ascontiguousarray(cam), np.ascontiguousarray(pl))
         src = NoiseSource.from_array(noise) if noise is not None else NoiseSource(seed, (cfg.in_channels, cfg.latent_height, cfg.latent_width))
-        return cls(runtime, cond, src, seed)
+        s = cls(runtime, cond, src, seed)
+        refiners = [st for st in s.stages if hasattr(st, "set_text")]
+        if refiners:  # the refiner's own prompt (refiner.features / refiner.mask); zeros with a warning otherwise
+            from .refiner_stage import refiner_text_from
+
+            # the coerced prompt carries it when PromptEmbeddings does (refiner_features); else the raw value
+            rtext = refiner_text_from(prompt) or refiner_text_from(prompt_embeddings)
+            for st in refiners:
+                st.set_text(rtext)
+        return s
 
     # ------------------------------------------------------------------ progress
     @property

@@ -4,8 +4,8 @@ A ``Stage`` turns a ``Chunk`` into a ``Chunk`` and owns whatever state it carrie
 session can save and resume it. A stage whose engines are missing from the bundle is skipped: the refiner
 becomes a pass-through, and without a decoder a chunk has latents only (``frames`` is None).
 
-Hook point for the stage-2 engineer: replace ``PassThroughRefiner`` by a refiner stage over
-``refiner_sink`` / ``refiner_step`` (register it in ``REFINER_FACTORIES``). ``DecoderStage`` and
+The refiner stage over ``refiner_sink`` / ``refiner_step`` / ``refiner_capture`` lives in
+``sanawm.runtime.refiner_stage`` (registered in ``REFINER_FACTORIES``). ``DecoderStage`` and
 ``FirstFrameEncoder`` follow the exported LTX-2 VAE contract (``sanawm.models.vae``).
 """
 
@@ -246,27 +246,37 @@ def timed(stage: Stage, chunk: Chunk) -> Chunk:
     return chunk
 
 
-# Refiner implementations by engine set; the stage-2 engineer adds {"refiner_sink", "refiner_step"} here.
-REFINER_FACTORIES: dict[frozenset, Callable[[dict], Stage]] = {}
-REFINER_ENGINES = ("refiner_sink", "refiner_step")
+def _refiner_stage(executors: dict, **options) -> Stage:
+    from .refiner_stage import RefinerStage  # numpy only; imported here to keep this module's imports small
+
+    return RefinerStage.from_executors(executors, **options)
+
+
+# Refiner implementations by engine set: factory(executors, **refiner_options) -> Stage
+REFINER_ENGINES = ("refiner_sink", "refiner_step", "refiner_capture")
+REFINER_FACTORIES: dict[frozenset, Callable[..., Stage]] = {frozenset(REFINER_ENGINES): _refiner_stage}
 DECODER_ENGINES = ("vae_decoder_first", "vae_decoder_next")
 
 
-def build_stages(executors: dict, refiner: bool = True) -> list[Stage]:
-    """Fresh refiner + decoder stages for one session from the executors the bundle has."""
+def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | None = None) -> list[Stage]:
+    """Fresh refiner + decoder stages for one session from the executors the bundle has.
+
+    ``refiner_options`` go to the refiner factory (``layout``: the manifest's ``refiner`` section, ``seed``).
+    """
     stages: list[Stage] = []
     have_refiner = [n for n in REFINER_ENGINES if n in executors]
     if refiner and have_refiner:
         factory = REFINER_FACTORIES.get(frozenset(have_refiner))
         if factory is None:
             warnings.warn(
-                f"bundle has refiner engines {have_refiner} but this runtime has no refiner stage for them yet; "
-                "the output is unrefined stage-1 latents (pass --no-refiner to silence this)",
+                f"bundle has refiner engines {have_refiner} but not all of {list(REFINER_ENGINES)}, so no refiner stage "
+                "can run; the output is unrefined stage-1 latents (rebuild them with `sanawm-export ... --engines "
+                f"{','.join(REFINER_ENGINES)}`, or pass --no-refiner to silence this)",
                 stacklevel=2,
             )
             stages.append(PassThroughRefiner())
         else:
-            stages.append(factory(executors))
+            stages.append(factory(executors, **(refiner_options or {})))
     else:
         stages.append(PassThroughRefiner())
     have_dec = [n for n in DECODER_ENGINES if n in executors]

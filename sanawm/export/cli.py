@@ -134,7 +134,8 @@ def generator_calibration(cfg, first: bool, chunks: int, seed: int = 1234) -> Ca
             io = step.io
             base = {nm_: torch.from_numpy(arr) for nm_, arr in generator_feeds(model.cfg, is_first, seed + k, chunk=c).items()}
             noise = base["latents"].clone()
-            x0 = torch.randn_like(noise) * 0.7
+            # seeded, so FP8 scales (and the stage's up-to-date check) are reproducible run to run
+            x0 = torch.randn(noise.shape, generator=torch.Generator().manual_seed(seed + 7919 * k + c)) * 0.7
             if not is_first:
                 base.update(window_inputs(model.cfg, chunk_kv, c))
             base.update(state)
@@ -608,6 +609,15 @@ def main(argv=None) -> int:
         vae=vae_info,
         refiner=ref_info,
     )
+    if cfg is not None:  # what the runtime checks prompt files against (sanawm.text.spec)
+        from ..text.spec import expected_stage1_encoder
+
+        w.manifest["text"] = {
+            "stage1_encoder": expected_stage1_encoder(cfg),
+            "caption_length": cfg.caption_length,
+            "caption_channels": cfg.caption_channels,
+            "refiner_channels": (ref_info or {}).get("layout", {}).get("caption_channels"),
+        }
     for job in jobs:
         precision = job.precision or a.precision
         w.engine(job.name, kind=job.kind, io=job.io, precision=precision, notes=job.notes, chains_to=job.chains_to)
@@ -629,8 +639,23 @@ def main(argv=None) -> int:
             res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample)
             log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
             facts["ort_check_rel_error"] = res.max_rel_error
-            if not res.max_rel_error < 1e-3:
-                raise RuntimeError(f"[{job.name}] ONNX and torch disagree (rel err {res.max_rel_error:.2e}); not writing the bundle")
+            err, what, bound = res.max_rel_error, "rel err", 1e-3
+            if precision == "fp8":
+                # Free-running FP8 outputs drift apart by FP8 rounding flips however correct the graph is
+                # (see fp8_layer_check); gate on the teacher-forced comparison where it is defined.
+                from .blocks import AmbiguousTaps, fp8_layer_check
+                from .onnx import random_inputs
+
+                try:
+                    chk = fp8_layer_check(module, job.io, art.onnx, sample if sample is not None else random_inputs(job.io))
+                    err, what = max(chk["forced"].values()), "teacher-forced FP8 rel err"
+                    facts["ort_check_fp8_forced_rel_error"] = err
+                except AmbiguousTaps:  # a layer runs twice per call: keep the free-running check, FP8-level bound
+                    what, bound = "free-running FP8 rel err", 5e-2
+                log.info("[%s] fp8 check: %s %.2e (bound %.0e)", job.name, what, err, bound)
+            if not err < bound:
+                raise RuntimeError(f"[{job.name}] ONNX and torch disagree ({what} {err:.2e} >= {bound:.0e}); "
+                                   "not writing the bundle")
             return facts
 
         w.stage_onnx(job.name, key, export)

@@ -83,7 +83,7 @@ def camera_path(args, image_hw: tuple[int, int], num_frames: int):
             return cam.load_re10k_txt(p, image_hw)
         return cam.load_c2w_npy(p, str(args.intrinsics) if args.intrinsics else K, image_hw=image_hw)
     if args.action is not None:
-        return cam.action_path(args.action, K, image_hw=image_hw)
+        return cam.action_path(args.action, K, image_hw=image_hw, style=args.action_style)
     return cam.preset_path(args.preset, num_frames, K, image_hw=image_hw)
 
 
@@ -241,6 +241,18 @@ def render(session, out, png_dir=None, save_latents=None, stream=None) -> dict:
     return {"chunks": progress.chunks, "frames": progress.frames, "preview": previewed}
 
 
+def _budget(text):
+    if not text:
+        return None
+    from .engines.tensorrt import parse_budget  # torch-free; tensorrt itself is imported only when an engine loads
+
+    try:
+        return parse_budget(text)
+    except ValueError:
+        raise ValueError(f"--weight-streaming-budget {text!r}: give bytes ('2G', '512M'), a fraction ('0.5') or "
+                         "a percentage ('50%')") from None
+
+
 def cmd_generate(args) -> int:
     from .runtime import Runtime
 
@@ -262,7 +274,8 @@ def cmd_generate(args) -> int:
     with tempfile.TemporaryDirectory(prefix="sanawm-prompt-") as tmp:
         # encode first: the encoder subprocess has exited (its memory released) before any engine loads
         encoded = _encode_for_generate(args, manifest, Path(tmp), "generate") if args.prompt is not None else None
-        runtime = Runtime.load(bundle, args.backend, refiner=not args.no_refiner)
+        runtime = Runtime.load(bundle, args.backend, refiner=not args.no_refiner, refiner_seed=args.refiner_seed,
+                               weight_streaming_budget=_budget(args.weight_streaming_budget))
         first, camera, F = prepare_inputs(runtime, args, num_frames)
         prompt = prompt_inputs(runtime, args, manifest, encoded)
     session = runtime.start(first, prompt, camera, seed=args.seed, num_frames=F)
@@ -370,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--camera", help="camera path: c2w .npy (F, 4, 4), SANA-WM-Bench .npz or RealEstate10K .txt")
     g.add_argument("--intrinsics", help="intrinsics .npy for --camera .npy: (4,), (3, 3), (F, 4) or (F, 3, 3) in image pixels")
     g.add_argument("--action", help='action string, e.g. "w-80,dw-40,none-10" (one pose per frame)')
+    g.add_argument("--action-style", default="current", choices=["current", "diffusers"],
+                   help="--action key mapping: current upstream (a/d yaw, j/l strafe, 0.025 m / 0.6 deg per frame) "
+                   "or diffusers' first-release mapping (a/d strafe, j/l yaw, 0.05 m / 1.2 deg)")
     g.add_argument("--preset", help="named camera motion, e.g. orbit, dolly_in, pan_left")
     g.add_argument("--prompt-embeddings", help="prompt file from `sanawm encode-prompt` (.safetensors) or .npz")
     g.add_argument("--prompt", help="text prompt, encoded (cached) by `sanawm encode-prompt` in a subprocess; needs "
@@ -388,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--png-dir", help="also write every frame as PNG here")
     g.add_argument("--save-latents", help="also write the clip's latents [1, C, T, h, w] to this .npy")
     g.add_argument("--no-refiner", action="store_true", help="skip the stage-2 refiner even if the bundle has one")
+    g.add_argument("--refiner-seed", type=int, default=42, help="seed of the refiner's per-block noise (release default 42)")
+    g.add_argument("--weight-streaming-budget", help="TensorRT engines built with --weight-streaming: device memory "
+                   "for their weights, bytes ('2G') or a fraction ('50%%'); the rest streams from host memory")
     g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("demo", help="build (once) a tiny random bundle (generator + VAE) and render a short clip on CPU")

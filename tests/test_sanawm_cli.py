@@ -267,3 +267,22 @@ def test_generate_with_text_prompt_uses_the_cache_and_stays_torch_free(tmp_path)
     assert "encoded with tiny-gemma2-random@seed0" in lines[0] and "not in cache" in lines[0]
     assert "from cache" in lines[1]
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+
+def test_action_style_flag_selects_the_key_mapping():
+    """`--action-style` reaches the camera path: under the current mapping "a" yaws in place, under the
+    diffusers mapping it strafes (the camera centre moves, the rotation stays)."""
+    paths = {}
+    for style in ("current", "diffusers"):
+        args = type("A", (), dict(intrinsics=None, camera=None, action="a-10", action_style=style, preset=None))()
+        paths[style] = cli.camera_path(args, (704, 1280), 11).c2w
+    cur, old = paths["current"], paths["diffusers"]
+    assert np.allclose(cur[-1, :3, 3], 0.0) and not np.allclose(cur[-1, :3, :3], np.eye(3))
+    assert not np.allclose(old[-1, :3, 3], 0.0) and np.allclose(old[-1, :3, :3], np.eye(3))
+
+
+def test_weight_streaming_budget_is_parsed_or_refused():
+    assert cli._budget(None) is None
+    assert cli._budget("2G") == 2 * 2**30 and cli._budget("50%") == 0.5
+    with pytest.raises(ValueError, match="weight-streaming-budget"):
+        cli._budget("lots")

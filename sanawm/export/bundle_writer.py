@@ -60,7 +60,9 @@ class BundleWriter:
         engines; None keeps the existing bundle's section (its VAE engines are kept too). ``refiner``: the same
         for the stage-2 refiner (layout, sigmas, config, source): everything the runtime's refiner stage needs
         besides the engines."""
-        self.root = Path(root)
+        # absolute: artifact paths are recorded relative to the root (file_record), so a relative --out such as
+        # the demo's default folder must not be joined onto itself
+        self.root = Path(root).absolute()
         self.root.mkdir(parents=True, exist_ok=True)
         old = {}
         mp = self.root / MANIFEST_NAME

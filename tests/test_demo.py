@@ -1,0 +1,36 @@
+"""The README's main command, `sanawm demo`, end to end on a fresh folder: builds the tiny bundle in the default
+(relative) folder, encodes the prompt with the tiny Gemma-2, renders a playable MP4; a second run reuses the bundle."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+av = pytest.importorskip("av")
+
+
+def _demo(cwd, home, *extra):
+    env = {**os.environ, "HOME": str(home), "SANAWM_CACHE": str(home / "cache")}
+    return subprocess.run([sys.executable, "-m", "sanawm.cli", "demo", "--out", "demo.mp4", *extra], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_demo_from_a_fresh_folder(tmp_path):
+    r = _demo(tmp_path, tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "building the tiny random bundle" in r.stderr
+    assert "Warning" not in r.stderr, r.stderr[-4000:]  # e.g. a truncated demo prompt
+    assert (tmp_path / "sanawm-demo-bundle" / "manifest.json").is_file()
+    with av.open(str(tmp_path / "demo.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    # 3 s -> 49 video frames snapped to 24k + 1 -> the output drops the condition frame: 48
+    assert len(frames) == 48 and frames[0].shape == (128, 192, 3)
+    assert len({f.tobytes() for f in frames}) > 1
+
+    again = _demo(tmp_path, tmp_path, "--seconds", "1.5")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "building the tiny random bundle" not in again.stderr
+    with av.open(str(tmp_path / "demo.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 24

@@ -151,12 +151,13 @@ def export_onnx(
                 opset_version=opset,
                 dynamo=True,
                 external_data=True,
-                optimize=True,
+                optimize=False,  # light_optimize below: the same clean-up without the slow pattern rewriter
                 custom_translation_table={**quantize.translation_table(), **(custom_translation_table or {})},
                 verbose=False,
             )
         except Exception as e:  # noqa: BLE001 - re-raised with context
             raise ExportError(f"torch.onnx.export (dynamo, opset {opset}) failed for {type(module).__name__}: {e}") from e
+        light_optimize(prog.model)
         prog.save(str(tmp_path), external_data=True)
         model = onnx.load(str(tmp_path), load_external_data=True)
     model = quantize.lower_fp8_placeholders(model)
@@ -188,6 +189,37 @@ def export_onnx(
     res.seconds = time.time() - t0
     log.info("exported %s (opset %d) in %.1fs, max rel err %.2e", path.name, opset, res.seconds, res.max_rel_error)
     return res
+
+
+def light_optimize(model) -> None:
+    """Clean up an exported ``onnx_ir`` model in place: inline, fold constants, drop dead nodes, lift constants
+    to initializers, deduplicate them, eliminate common subexpressions.
+
+    This is torch's ``optimize=True`` pipeline without onnxscript's pattern rewriter and fusions, which took
+    two thirds of the export time (25 s -> 15 s for the tiny generator on 2 cores) and changed little here: the
+    rewrites (cast/reshape/slice collapsing) are ones TensorRT and ONNX Runtime make themselves, and the
+    graphs differ by ~2% in node count. The numerical check after export covers the result either way.
+    """
+    import onnx_ir as ir
+    from onnx_ir.passes import common as cp
+    from onnxscript.optimizer import fold_constants_ir
+
+    cp.InlinePass()(model)
+    for _ in range(2):  # as optimize_ir: a second round folds what the first one exposed
+        changed = fold_constants_ir(model, onnx_shape_inference=True).modified
+        changed |= cp.RemoveUnusedNodesPass()(model).modified
+        if not changed:
+            break
+    ir.passes.Sequential(
+        cp.RemoveUnusedFunctionsPass(),
+        cp.RemoveUnusedOpsetsPass(),
+        cp.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        cp.LiftSubgraphInitializersToMainGraphPass(),
+        cp.DeduplicateInitializersPass(),
+        cp.CommonSubexpressionEliminationPass(),
+        cp.OutputFixPass(),
+        cp.NameFixPass(),
+    )(model)
 
 
 def _fix_io(model, io: StepIO) -> None:

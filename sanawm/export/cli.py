@@ -413,15 +413,42 @@ def _sha256_path(p: Path) -> str:
     return h.hexdigest()
 
 
+def normalize_backend(name: str) -> str:
+    """The manifest's spelling of a backend: 'onnx' / 'ort' -> onnxruntime, 'tensorrt-rtx' -> tensorrt_rtx."""
+    b = name.strip().lower().replace("-", "_")
+    return {"onnx": "onnxruntime", "ort": "onnxruntime", "trt": "tensorrt", "trt_rtx": "tensorrt_rtx"}.get(b, b)
+
+
+# what to install for each backend's build step (checked before any export work starts)
+_BACKEND_LIBRARIES = {
+    "onnxruntime": ("onnxruntime", "pip install onnxruntime"),
+    "tensorrt_rtx": ("tensorrt_rtx", "pip install tensorrt-rtx"),
+    "tensorrt": ("tensorrt", "pip install tensorrt (NVIDIA's wheels; needs a CUDA GPU machine to build plans)"),
+}
+
+
+def missing_backend_library(backends) -> str | None:
+    """A message naming the backend whose library is not installed, with the install command; None if all are."""
+    import importlib.util
+
+    for b in backends:
+        mod, how = _BACKEND_LIBRARIES[b]
+        if importlib.util.find_spec(mod) is None:
+            return f"backend {b!r} needs the {mod!r} Python package, which is not installed: {how}"
+    return None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sanawm-export", description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="stage-1 checkpoint (official .pth/.safetensors or diffusers folder)")
+    src.add_argument("--checkpoint", type=Path, help="stage-1 checkpoint (official .pth/.safetensors or diffusers "
+                     "folder), or 'tiny' for the built-in random tiny model (= --random --config tiny)")
     src.add_argument("--random", action="store_true", help="seeded random weights (tests, smoke runs)")
     ap.add_argument("--seed", type=int, default=0, help="seed for --random weights")
     ap.add_argument("--config", default="tiny", help="generator config: tiny | full")
     ap.add_argument("--out", type=Path, required=True, help="bundle folder")
-    ap.add_argument("--backends", default="onnxruntime", help=f"comma list of {','.join(BACKENDS)}")
+    ap.add_argument("--backends", "--backend", default="onnxruntime",
+                    help=f"comma list of {','.join(BACKENDS)} ('onnx' and 'tensorrt-rtx' spellings are accepted)")
     prec = ap.add_mutually_exclusive_group()
     prec.add_argument("--fp8", action="store_const", const="fp8", dest="precision")
     prec.add_argument("--precision", choices=("fp32", "fp8"))
@@ -449,11 +476,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default 21)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
+    if a.checkpoint is not None and str(a.checkpoint) == "tiny" and not a.checkpoint.exists():
+        if a.config != "tiny":
+            ap.error(f"--checkpoint tiny is the built-in random tiny model; it conflicts with --config {a.config}")
+        a.checkpoint, a.random = None, True
     a.precision = a.precision or "fp32"
-    a.backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    a.backends = [normalize_backend(b) for b in a.backends.split(",") if b.strip()]
     for b in a.backends:
         if b not in BACKENDS:
             ap.error(f"unknown backend {b!r}; choose from {','.join(BACKENDS)}")
+    missing = missing_backend_library(a.backends)
+    if missing:
+        ap.error(missing)
     if a.engines is None:
         a.engines = list(GENERATOR_ENGINES) + (list(VAE_ENGINES) if (a.random or a.vae is not None) else [])
         if (a.random or a.refiner is not None) and not a.no_refiner:

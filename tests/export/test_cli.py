@@ -7,7 +7,7 @@ import pytest
 
 from sanawm.bundle import Bundle, BackendEnv
 from sanawm.engines import load_executor
-from sanawm.export.cli import main
+from sanawm.export.cli import main, parse_args
 from sanawm.export.onnx import random_inputs
 
 trt = pytest.importorskip("tensorrt_rtx")
@@ -62,11 +62,31 @@ def test_cli_rejects_toy_with_checkpoint(tmp_path):
         main(["--checkpoint", str(tmp_path / "x.pth"), "--engines", "toy", "--out", str(tmp_path)])
 
 
+def test_cli_spellings_of_the_tiny_model_and_backends():
+    a = parse_args(["--checkpoint", "tiny", "--out", "b", "--backend", "onnx,tensorrt-rtx"])
+    assert a.random and a.checkpoint is None and a.config == "tiny"
+    assert a.backends == ["onnxruntime", "tensorrt_rtx"]
+    with pytest.raises(SystemExit):
+        parse_args(["--checkpoint", "tiny", "--config", "full", "--out", "b"])
+
+
+def test_cli_names_the_missing_backend_library(monkeypatch, capsys):
+    import sanawm.export.cli as cli
+
+    monkeypatch.setitem(cli._BACKEND_LIBRARIES, "tensorrt_rtx", ("no_such_module_xyz", "pip install tensorrt-rtx"))
+    with pytest.raises(SystemExit):
+        parse_args(["--random", "--out", "b", "--backends", "onnxruntime,tensorrt_rtx"])
+    err = capsys.readouterr().err
+    assert "'tensorrt_rtx' needs" in err and "pip install tensorrt-rtx" in err
+
+
 @pytest.mark.slow
-def test_cli_tiny_generator_fp32_onnxruntime(tmp_path):
-    """Generator engines through GeneratorStep on the tiny config (export + ORT check inside the CLI)."""
+def test_cli_tiny_generator_fp32_onnxruntime(tmp_path, monkeypatch):
+    """Generator engines through GeneratorStep on the tiny config (export + ORT check inside the CLI), written
+    to a relative --out as `sanawm demo` does (artifact paths were once joined onto the relative root twice)."""
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "gen"
-    assert main(["--random", "--config", "tiny", "--out", str(out), "--backends", "onnxruntime",
+    assert main(["--checkpoint", "tiny", "--out", "gen", "--backend", "onnx",
                  "--engines", "generator_first,generator_next"]) == 0
     b = Bundle.open(out)
     assert set(b.engines) == {"generator_first", "generator_next"}

@@ -1,7 +1,7 @@
 """``sanawm-export``: checkpoint -> engine bundle (ONNX, FP8 Q/DQ, TensorRT / TensorRT-RTX plans, manifest).
 
     sanawm-export --checkpoint PATH | --random  --config tiny|full  --out DIR  [--vae VAE_DIR]
-                  [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp8]
+                  [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8]
                   [--engines generator_first,generator_next,vae_encoder,vae_decoder_first,vae_decoder_next,
                              refiner_sink,refiner_step,refiner_capture]
                   [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
@@ -9,14 +9,14 @@
 
 VAE engines (``vae_encoder``, ``vae_decoder_first``, ``vae_decoder_next``) come from ``--vae`` (a diffusers
 ``AutoencoderKLLTX2Video`` folder) or, with ``--random``, a seeded random VAE (tiny config: latent channels =
-the generator's ``in_channels``); they are always exported in FP32 (``--fp8`` applies to the generator only).
+the generator's ``in_channels``); they are always exported in FP32 (``--precision`` applies to the generator and refiner).
 The manifest's ``vae`` section records the VAE config and the image size the runtime crops first frames to.
 
 Refiner engines (``refiner_sink``, ``refiner_step``, ``refiner_capture``; ``sanawm.models.refiner``) come from
 ``--refiner`` (a diffusers ``SanaWMLTX2RefinerTransformer3DModel`` folder: the refiner's ``transformer/`` or its
 repo root) or, with ``--random``, the seeded tiny random refiner (latent channels = the generator's
-``in_channels``). Same latent H x W as the generator; FP8 with ``--fp8`` (calibrated over the sink pass, the three
-sigmas and the sigma-0 capture over ``--calib-chunks`` + 1 blocks), else FP32. The manifest's ``refiner`` section
+``in_channels``). Same latent H x W as the generator; ``--precision`` as the generator's (FP8 calibration and the FP16
+range check run the sink pass, the three sigmas and the sigma-0 capture over ``--calib-chunks`` + 1 blocks). The manifest's ``refiner`` section
 records the layout (block size, kv_max_frames, sink frames, sigmas, caption length/channels, timestep scale), so
 the runtime needs nothing else. ``--no-refiner`` skips them. ``--weight-streaming`` builds the TensorRT plans of
 the refiner engines (or of the listed engines, or ``all``) with ``BuilderFlag.WEIGHT_STREAMING``.
@@ -451,7 +451,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"comma list of {','.join(BACKENDS)} ('onnx' and 'tensorrt-rtx' spellings are accepted)")
     prec = ap.add_mutually_exclusive_group()
     prec.add_argument("--fp8", action="store_const", const="fp8", dest="precision")
-    prec.add_argument("--precision", choices=("fp32", "fp8"))
+    prec.add_argument("--precision", choices=("fp32", "fp16", "fp8"),
+                      help="fp32 (default); fp16: FP16 weights and GEMMs on the block linears, for GPUs without FP8 "
+                           "(range-checked over the calibration run); fp8: E4M3 W8A8 Q/DQ on the same layers. The "
+                           "VAE stays fp32; state, norms, softmax and the GDN recurrence stay fp32 in every case")
     ap.add_argument("--vae", type=Path, default=None,
                     help="diffusers AutoencoderKLLTX2Video folder (config.json + safetensors) for the VAE engines")
     ap.add_argument("--refiner", type=Path, default=None,
@@ -533,6 +536,7 @@ def main(argv=None) -> int:
     for noisy in ("onnxscript", "onnx_ir", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .bundle_writer import BundleWriter
+    from .half import FP16RangeError, convert_fp16
     from .onnx import DEFAULT_OPSET, export_onnx
     from .quantize import quantize_fp8
 
@@ -630,7 +634,7 @@ def main(argv=None) -> int:
         ref_info = refiner_section(core, layout, transformer, sigmas, rsrc, a.precision)
         calib_blocks = max(1, a.calib_chunks) + 1
         rkey = {"refiner_source": rsrc, "refiner_config": ref_info["config"], "refiner_layout": ref_info["layout"],
-                "fps": a.refiner_fps, "calib_blocks": calib_blocks if a.precision == "fp8" else None}
+                "fps": a.refiner_fps, "calib_blocks": calib_blocks if a.precision in ("fp8", "fp16") else None}
         jobs += refiner_jobs(core, layout, sigmas, ref_names, calib_blocks, rkey)
     if "toy" in a.engines:
         jobs.append(toy_job(a.seed))
@@ -660,15 +664,20 @@ def main(argv=None) -> int:
         else:
             key = {"source": source, "config": a.config, "cfg": cfg.to_dict() if cfg else None, "engine": job.name,
                    "precision": precision, "opset": opset, "sanawm": __version__,
-                   "calib_chunks": a.calib_chunks if precision == "fp8" else None}
+                   "calib_chunks": a.calib_chunks if precision in ("fp8", "fp16") else None}
 
         def export(art, job=job, precision=precision):
             module, facts = job.module, {"opset": opset}
+            what = f"{max(1, a.calib_chunks) + 1} refiner block(s)" if job.name in REFINER_ENGINES else f"{a.calib_chunks} chunk(s)"
             if precision == "fp8":
-                what = f"{max(1, a.calib_chunks) + 1} refiner block(s)" if job.name in REFINER_ENGINES else f"{a.calib_chunks} chunk(s)"
                 log.info("[%s] fp8: calibrating over %s ...", job.name, what)
                 module, rep = quantize_fp8(job.module, job.calibrate)
                 facts["fp8_layers"] = rep.layers
+            elif precision == "fp16":
+                log.info("[%s] fp16: converting, range check over %s ...", job.name, what)
+                module, hrep = convert_fp16(job.module, job.calibrate)
+                facts["fp16_layers"] = hrep.layers
+                facts["fp16_max_activation"] = max(max(hrep.input_amax.values()), max(hrep.output_amax.values()))
             sample = job.sample() if callable(job.sample) else job.sample
             res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample)
             log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
@@ -692,7 +701,11 @@ def main(argv=None) -> int:
                                    "not writing the bundle")
             return facts
 
-        w.stage_onnx(job.name, key, export)
+        try:
+            w.stage_onnx(job.name, key, export)
+        except FP16RangeError as e:  # bad input for this precision, not a bug: say which layers and what to do
+            log.error("[%s] %s", job.name, e)
+            return 2
         for b in a.backends:
             if b not in PLAN_BACKENDS:
                 continue

@@ -1,10 +1,10 @@
 """Export benchmark: ONNX export and TensorRT-RTX AOT build time, bundle sizes per precision, FP8 vs FP32 error.
 
-* tiny generator (random weights): generator_first / generator_next in FP32 and FP8 (1-chunk calibration),
-  ORT CPU checks, tensorrt_rtx builds (CPU-only AOT, --targets).
+* tiny generator (random weights): generator_first / generator_next in FP32, FP16 and FP8 (1-chunk
+  calibration / range check), ORT CPU checks, tensorrt_rtx builds (CPU-only AOT, --targets).
 * full-size single blocks (``sanawm.export.blocks.BlockStep`` of generator_next: one GDN block, one softmax
-  block; 3 x 880 tokens, window 7 x 880): FP32 and FP8 export, FP8 (and unless --no-full-fp32-build FP32)
-  builds, FP8 vs FP32 error of the block output and state.
+  block; 3 x 880 tokens, window 7 x 880): FP32, FP16 and FP8 export, FP16 and FP8 (and unless
+  --no-full-fp32-build FP32) builds, FP16 / FP8 vs FP32 error of the block output and state.
 
 Writes bench/results/export-cpu.json. Errors are relative RMS (sanawm.testing.rel_error).
 
@@ -34,6 +34,7 @@ from sanawm.config import full, tiny  # noqa: E402
 from sanawm.export.blocks import BlockStep, block_feeds, fp8_layer_check, randomize_  # noqa: E402
 from sanawm.export.build import build_engine  # noqa: E402
 from sanawm.export.cli import generator_calibration, generator_feeds  # noqa: E402
+from sanawm.export.half import convert_fp16  # noqa: E402
 from sanawm.export.onnx import export_onnx, run_onnx_cpu, run_torch  # noqa: E402
 from sanawm.export.quantize import quantize_fp8  # noqa: E402
 from sanawm.models.generator_step import GeneratorStep  # noqa: E402
@@ -100,7 +101,13 @@ def tiny_part(root: Path, targets) -> dict:
                     "ort_vs_fakequant_free_running_max_rel": max(c["free"].values()),
                     "qdq_exact_min": min(v["qdq_exact"] for v in c["layers"].values()),
                     "fp8_vs_fp32_velocity_rel": vs32["velocity"], "fp8_vs_fp32_max_rel": max(vs32.values())}
-        for prec, r in (("fp32", r32), ("fp8", r8)):
+        t0 = time.time()
+        h, hrep = convert_fp16(step, generator_calibration(cfg, first, chunks=1))
+        r16 = export_onnx(h, step.io, root / "fp16" / f"g_{eng}.onnx", sample_inputs=sample, check_inputs=[check])
+        e["fp16"] = {"export_s": round(time.time() - t0, 2), "onnx_bytes": _size([r16.onnx_path] + r16.external_data),
+                     "layers": len(hrep.layers), "ort_vs_torch_fp16_max_rel": r16.max_rel_error,
+                     "fp16_vs_fp32_velocity_rel": float(rel_error(ref32["velocity"], run_onnx_cpu(r16.onnx_path, check)["velocity"]))}
+        for prec, r in (("fp32", r32), ("fp16", r16), ("fp8", r8)):
             e[prec]["tensorrt_rtx"] = _build(r.onnx_path, root / prec / f"g_{eng}.plan", targets)
             print(f"tiny {eng} {prec}: {json.dumps(e[prec])}", flush=True)
         res["engines"][f"generator_{eng}"] = e
@@ -138,9 +145,19 @@ def full_block_part(root: Path, kind: str, idx: int, targets, fp32_build: bool) 
                   "qdq_exact_min": min(v["qdq_exact"] for v in c["layers"].values()),
                   "fp8_vs_fp32_x_out_rel": vs32["x.out"], "fp8_vs_fp32_rel": vs32}
     del c
+    t0 = time.time()
+    h, _ = convert_fp16(step, lambda m: [run_torch(m, io, block_feeds(cfg, idx, seed=100 + s)) for s in (1, 2)])
+    r16 = export_onnx(h, io, root / f"{kind}_fp16.onnx", sample_inputs=feeds, check=False)
+    res["fp16"] = {"export_s": round(time.time() - t0, 2), "onnx_bytes": _size([r16.onnx_path] + r16.external_data)}
+    ort16 = run_onnx_cpu(r16.onnx_path, feeds)
+    res["fp16"]["ort_vs_torch_fp16_max_rel"] = max(_errs(run_torch(h, io, feeds), ort16).values())
+    res["fp16"]["fp16_vs_fp32_rel"] = _errs(ref32, ort16)
+    res["fp16"]["fp16_vs_fp32_x_out_rel"] = res["fp16"]["fp16_vs_fp32_rel"]["x.out"]
+    del ort16, h
     print(f"full {kind}: {json.dumps({k: v for k, v in res.items()})}", flush=True)
-    res["fp8"]["tensorrt_rtx"] = _build(r8.onnx_path, root / f"{kind}_fp8.plan", targets)
-    print(f"full {kind} fp8 build: {res['fp8']['tensorrt_rtx']}", flush=True)
+    for prec, r in (("fp8", r8), ("fp16", r16)):
+        res[prec]["tensorrt_rtx"] = _build(r.onnx_path, root / f"{kind}_{prec}.plan", targets)
+        print(f"full {kind} {prec} build: {res[prec]['tensorrt_rtx']}", flush=True)
     if fp32_build:
         res["fp32"]["tensorrt_rtx"] = _build(r32.onnx_path, root / f"{kind}_fp32.plan", targets)
         print(f"full {kind} fp32 build: {res['fp32']['tensorrt_rtx']}", flush=True)

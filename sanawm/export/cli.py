@@ -682,7 +682,9 @@ def main(argv=None) -> int:
             res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample)
             log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
             facts["ort_check_rel_error"] = res.max_rel_error
-            err, what, bound = res.max_rel_error, "rel err", 1e-3
+            # FP16: a 1-ulp FP32 difference before a Cast moves the FP16 value by one FP16 ulp (2^-11 relative),
+            # and chained layers add them up (tiny generator: 1.2e-3); a wrong graph is O(1)
+            err, what, bound = res.max_rel_error, "rel err", 5e-3 if precision == "fp16" else 1e-3
             if precision == "fp8":
                 # Free-running FP8 outputs drift apart by FP8 rounding flips however correct the graph is
                 # (see fp8_layer_check); gate on the teacher-forced comparison where it is defined.

@@ -81,14 +81,18 @@ def test_cli_names_the_missing_backend_library(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_cli_tiny_generator_fp32_onnxruntime(tmp_path, monkeypatch):
-    """Generator engines through GeneratorStep on the tiny config (export + ORT check inside the CLI), written
-    to a relative --out as `sanawm demo` does (artifact paths were once joined onto the relative root twice)."""
+def test_cli_tiny_generator_fp16_onnxruntime(tmp_path, monkeypatch):
+    """Generator engines through GeneratorStep on the tiny config in FP16 (range check, export and ORT check
+    inside the CLI; FP32 goes through the CLI in tests/test_demo.py), written to a relative --out as
+    `sanawm demo` does (artifact paths were once joined onto the relative root twice)."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "gen"
-    assert main(["--checkpoint", "tiny", "--out", "gen", "--backend", "onnx",
+    assert main(["--checkpoint", "tiny", "--out", "gen", "--backend", "onnx", "--precision", "fp16",
                  "--engines", "generator_first,generator_next"]) == 0
     b = Bundle.open(out)
     assert set(b.engines) == {"generator_first", "generator_next"}
     assert b.generator_config.num_layers == 4
-    assert b.engine("generator_first").files["onnx"]["ort_check_rel_error"] < 1e-3
+    for name in b.engines:
+        f = b.engine(name).files["onnx"]
+        assert b.engine(name).precision == "fp16" and len(f["fp16_layers"]) == 52
+        assert f["ort_check_rel_error"] < 5e-3 and 0 < f["fp16_max_activation"] < 65504 / 4

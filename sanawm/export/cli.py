@@ -488,9 +488,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for b in a.backends:
         if b not in BACKENDS:
             ap.error(f"unknown backend {b!r}; choose from {','.join(BACKENDS)}")
-    missing = missing_backend_library(a.backends)
-    if missing:
-        ap.error(missing)
     if a.engines is None:
         a.engines = list(GENERATOR_ENGINES) + (list(VAE_ENGINES) if (a.random or a.vae is not None) else [])
         if (a.random or a.refiner is not None) and not a.no_refiner:
@@ -535,6 +532,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("onnxscript", "onnx_ir", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    missing = missing_backend_library(a.backends)
+    if missing:  # before any export work, not after minutes of it
+        log.error("%s", missing)
+        return 2
     from .bundle_writer import BundleWriter
     from .half import FP16RangeError, convert_fp16
     from .onnx import DEFAULT_OPSET, export_onnx

@@ -103,10 +103,8 @@ def convert_fp16(
     """
     names = select_quantizable(model, include, exclude)
     q = copy.deepcopy(model).eval()
-    for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = q.get_submodule(parent_name) if parent_name else q
-        m = getattr(parent, attr)
+    for name in names:  # converted in place (class swap), so the module tree and its names stay as they were
+        m = q.get_submodule(name)
         m.__class__ = _HALF[type(m)]
         m._init_half(name)
     layers = half_layers(q)

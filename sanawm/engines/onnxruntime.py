@@ -11,7 +11,8 @@ from ..spec import TensorSpec
 from .base import Executor, ExecutorError
 
 
-def _ort():
+def import_ort():
+    """The onnxruntime module, imported on demand; a missing package is named with its install command."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -24,7 +25,7 @@ def _ort():
 
 def default_providers(device: str = "auto") -> list[str]:
     """Execution providers for ``device``: "cpu", "cuda" or "auto" (CUDA when available, else CPU)."""
-    avail = _ort().get_available_providers()
+    avail = import_ort().get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
@@ -62,7 +63,7 @@ class OnnxRuntimeExecutor(Executor):
         threads: int = 0,
     ):
         super().__init__(name, tuple(inputs), tuple(outputs), state_map)
-        ort = _ort()
+        ort = import_ort()
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads

@@ -54,8 +54,9 @@ def import_trt(backend: str):
     try:
         return importlib.import_module(_TRT_MODULES[backend])
     except ImportError as e:
-        pkg = "tensorrt-rtx" if backend == "tensorrt_rtx" else "tensorrt (from NVIDIA's package index)"
-        raise ImportError(f"backend {backend!r} needs the {pkg} package ({e}); install it or use backend 'onnxruntime'") from None
+        how = "pip install tensorrt-rtx" if backend == "tensorrt_rtx" else "pip install tensorrt (NVIDIA's wheels)"
+        raise ImportError(f"backend {backend!r} needs the {_TRT_MODULES[backend]} package ({e}): {how}, or use "
+                          "backend 'onnxruntime'") from None
 
 
 def cuda_runtime():

@@ -47,6 +47,7 @@ VAE_ENGINES = ("vae_encoder", "vae_decoder_first", "vae_decoder_next")
 REFINER_ENGINES = ("refiner_sink", "refiner_step", "refiner_capture")
 ALL_ENGINES = GENERATOR_ENGINES + VAE_ENGINES + REFINER_ENGINES + ("toy",)
 VAE_PRECISION = "fp32"  # FP16/BF16/FP8 only once a test shows the decoder error stays small
+CALIBRATED_PRECISIONS = ("fp8", "fp16")  # run the calibration loop (FP8 scales, FP16 range check): it keys the stage
 TINY_REFINER_CAPTION_LENGTH = 16  # `sanawm encode-prompt --refiner-encoder tiny` default
 FULL_REFINER_CAPTION_LENGTH = 1024  # LTX-2 connector tokens
 
@@ -419,22 +420,19 @@ def normalize_backend(name: str) -> str:
     return {"onnx": "onnxruntime", "ort": "onnxruntime", "trt": "tensorrt", "trt_rtx": "tensorrt_rtx"}.get(b, b)
 
 
-# what to install for each backend's build step (checked before any export work starts)
-_BACKEND_LIBRARIES = {
-    "onnxruntime": ("onnxruntime", "pip install onnxruntime"),
-    "tensorrt_rtx": ("tensorrt_rtx", "pip install tensorrt-rtx"),
-    "tensorrt": ("tensorrt", "pip install tensorrt (NVIDIA's wheels; needs a CUDA GPU machine to build plans)"),
-}
-
-
 def missing_backend_library(backends) -> str | None:
-    """A message naming the backend whose library is not installed, with the install command; None if all are."""
-    import importlib.util
+    """The executors' own message (with the install command) for the first library this export lacks, else None:
+    ONNX Runtime always (every exported graph is checked on it), TensorRT / TensorRT-RTX for their plans."""
+    from ..engines import tensorrt as trt_engines
+    from ..engines.onnxruntime import import_ort
 
-    for b in backends:
-        mod, how = _BACKEND_LIBRARIES[b]
-        if importlib.util.find_spec(mod) is None:
-            return f"backend {b!r} needs the {mod!r} Python package, which is not installed: {how}"
+    try:
+        import_ort()
+        for b in backends:
+            if b in PLAN_BACKENDS:
+                trt_engines.import_trt(b)
+    except ImportError as e:
+        return str(e)
     return None
 
 
@@ -635,7 +633,7 @@ def main(argv=None) -> int:
         ref_info = refiner_section(core, layout, transformer, sigmas, rsrc, a.precision)
         calib_blocks = max(1, a.calib_chunks) + 1
         rkey = {"refiner_source": rsrc, "refiner_config": ref_info["config"], "refiner_layout": ref_info["layout"],
-                "fps": a.refiner_fps, "calib_blocks": calib_blocks if a.precision in ("fp8", "fp16") else None}
+                "fps": a.refiner_fps, "calib_blocks": calib_blocks if a.precision in CALIBRATED_PRECISIONS else None}
         jobs += refiner_jobs(core, layout, sigmas, ref_names, calib_blocks, rkey)
     if "toy" in a.engines:
         jobs.append(toy_job(a.seed))
@@ -665,7 +663,7 @@ def main(argv=None) -> int:
         else:
             key = {"source": source, "config": a.config, "cfg": cfg.to_dict() if cfg else None, "engine": job.name,
                    "precision": precision, "opset": opset, "sanawm": __version__,
-                   "calib_chunks": a.calib_chunks if precision in ("fp8", "fp16") else None}
+                   "calib_chunks": a.calib_chunks if precision in CALIBRATED_PRECISIONS else None}
 
         def export(art, job=job, precision=precision):
             module, facts = job.module, {"opset": opset}
@@ -678,7 +676,7 @@ def main(argv=None) -> int:
                 log.info("[%s] fp16: converting, range check over %s ...", job.name, what)
                 module, hrep = convert_fp16(job.module, job.calibrate)
                 facts["fp16_layers"] = hrep.layers
-                facts["fp16_max_activation"] = max(max(hrep.input_amax.values()), max(hrep.output_amax.values()))
+                facts["fp16_max_activation"] = hrep.max_activation
             sample = job.sample() if callable(job.sample) else job.sample
             res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample)
             log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)

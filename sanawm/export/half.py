@@ -87,6 +87,14 @@ class HalfReport:
     input_amax: dict[str, float] = field(default_factory=dict)
     output_amax: dict[str, float] = field(default_factory=dict)
 
+    def peaks(self) -> dict[str, float]:
+        """max(|input|, |output|) per layer seen in calibration."""
+        return {n: max(self.input_amax[n], self.output_amax[n]) for n in self.layers}
+
+    @property
+    def max_activation(self) -> float:
+        return max(self.peaks().values())
+
 
 def convert_fp16(
     model: nn.Module,
@@ -120,8 +128,7 @@ def convert_fp16(
     rep.input_amax = {n: m.input_amax for n, m in layers.items()}
     rep.output_amax = {n: m.output_amax for n, m in layers.items()}
     limit = FP16_MAX / FP16_HEADROOM
-    hot = {n: max(rep.input_amax[n], rep.output_amax[n]) for n in names
-           if not max(rep.input_amax[n], rep.output_amax[n]) < limit}  # `not <` also catches inf / nan
+    hot = {n: v for n, v in rep.peaks().items() if not v < limit}  # `not <` also catches inf / nan
     if hot:
         worst = sorted(hot.items(), key=lambda kv: -kv[1])[:5]
         raise FP16RangeError(
@@ -133,6 +140,5 @@ def convert_fp16(
     if idle:
         raise FP16RangeError(f"layers {idle[:5]} never ran (or saw only zeros) during the FP16 range check; make "
                              "the calibration loop run every path of the model")
-    log.info("FP16: %d layers in half precision; largest activation %.3g", len(names),
-             max(max(rep.input_amax.values()), max(rep.output_amax.values())))
+    log.info("FP16: %d layers in half precision; largest activation %.3g", len(names), rep.max_activation)
     return q, rep

@@ -71,9 +71,9 @@ def test_cli_spellings_of_the_tiny_model_and_backends():
 
 
 def test_cli_names_the_missing_backend_library(monkeypatch, tmp_path, caplog):
-    import sanawm.export.cli as cli
+    import sanawm.engines.tensorrt as trt_engines
 
-    monkeypatch.setitem(cli._BACKEND_LIBRARIES, "tensorrt_rtx", ("no_such_module_xyz", "pip install tensorrt-rtx"))
+    monkeypatch.setitem(trt_engines._TRT_MODULES, "tensorrt_rtx", "no_such_module_xyz")
     with caplog.at_level(logging.ERROR, logger="sanawm.export"):
         assert main(["--random", "--engines", "toy", "--out", str(tmp_path / "b"),
                      "--backends", "onnxruntime,tensorrt_rtx"]) == 2

@@ -38,9 +38,7 @@ def toy16(tmp_path_factory):
 
 
 def test_fp16_weights_exactly_on_the_policy_layers(toy16):
-    from onnx import TensorProto
-
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     m = onnx.load(str(toy16["path"]))
     assert toy16["rep"].layers == ["q", "k", "v", "o", "ffn.0"]  # ffn.2 is in the toy's fp8_skip

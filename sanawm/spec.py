@@ -20,15 +20,55 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from .config import GeneratorConfig
+
+
+_ITEMSIZE = {"float8_e4m3fn": 1, "bfloat16": 2}
+
+
+def dtype_itemsize(dtype: str) -> int:
+    """Bytes per element of a manifest dtype name (numpy names plus float8_e4m3fn and bfloat16)."""
+    return _ITEMSIZE[dtype] if dtype in _ITEMSIZE else np.dtype(dtype).itemsize
+
+
+def resolve_dim(dim, dims: dict) -> int:
+    """A concrete size from a dimension: an int, or a symbolic product such as ``"n"`` or ``"n*24"``."""
+    if isinstance(dim, (int, np.integer)):
+        return int(dim)
+    value = 1
+    for factor in str(dim).split("*"):
+        factor = factor.strip()
+        if factor.isdigit():
+            value *= int(factor)
+        elif factor in dims:
+            value *= int(dims[factor])
+        else:
+            raise ValueError(f"dimension {dim!r} names {factor!r}, which the profile {dims} does not give")
+    return value
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: float32, float16, int64
-    shape: tuple[int, ...]
+    shape: tuple  # ints, or symbolic products ("n", "n*24") on a dynamic engine's profile axes
     doc: str = ""
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(not isinstance(d, (int, np.integer)) for d in self.shape)
+
+    def concrete(self, dims: dict) -> "TensorSpec":
+        """This tensor at one optimization profile's sizes."""
+        return TensorSpec(self.name, self.dtype, tuple(resolve_dim(d, dims) for d in self.shape), self.doc)
+
+    @property
+    def nbytes(self) -> int:
+        if self.is_dynamic:
+            raise ValueError(f"tensor {self.name!r} has a dynamic shape {list(self.shape)}; take .concrete(profile) first")
+        return int(np.prod(self.shape, dtype=np.int64)) * dtype_itemsize(self.dtype)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -55,6 +95,11 @@ class StepIO:
     def output(self, name: str) -> TensorSpec:
         return next(t for t in self.outputs if t.name == name)
 
+    def concrete(self, dims: dict) -> "StepIO":
+        """The contract at one optimization profile (symbolic dims resolved)."""
+        return StepIO(tuple(t.concrete(dims) for t in self.inputs), tuple(t.concrete(dims) for t in self.outputs),
+                      dict(self.state_map))
+
 
 def max_window_frames(cfg: GeneratorConfig) -> int:
     """Latent frames in the largest softmax window a chunk reads (sink chunk + previous chunks)."""
@@ -75,7 +120,7 @@ def gdn_state_names(i: int, cfg: GeneratorConfig) -> list[str]:
     return names + [f"b{i}.ffn_tail"]
 
 
-def generator_step_io(cfg: GeneratorConfig, first: bool) -> StepIO:
+def generator_step_io(cfg: GeneratorConfig, first: bool, window: bool | None = None) -> StepIO:
     """Tensor contract of the streaming generator step (batch 1).
 
     Inputs (all float32 unless stated):
@@ -100,6 +145,7 @@ def generator_step_io(cfg: GeneratorConfig, first: bool) -> StepIO:
 
     State outputs are meaningful on the t = 0 cache pass; the four denoising passes read state only.
     """
+    window = (not first) if window is None else window
     n = cfg.first_chunk_size if first else cfg.chunk_size
     C, H, W, S = cfg.in_channels, cfg.latent_height, cfg.latent_width, cfg.patch_tokens
     h, D, Cm = cfg.num_heads, cfg.head_dim, cfg.hidden_size
@@ -114,7 +160,7 @@ def generator_step_io(cfg: GeneratorConfig, first: bool) -> StepIO:
         TensorSpec("plucker", f32, (1, cfg.plucker_channels, n, H, W), "Plücker maps"),
     ]
     Wt = max_window_frames(cfg) * S
-    if not first and Wt:
+    if window and Wt:
         ins.append(TensorSpec("window_valid", f32, (Wt,), "1 = cached token, 0 = padding"))
     outs = [TensorSpec("velocity", f32, (1, C, n, H, W), "flow velocity (eps - x0)")]
     state_map: dict[str, str] = {}
@@ -135,9 +181,60 @@ def generator_step_io(cfg: GeneratorConfig, first: bool) -> StepIO:
             state(f"b{i}.ffn_tail", (1, S, Cm), "FFN t_conv input, last frame")
         else:
             state(f"b{i}.ffn_tail", (1, S, Cm), "FFN t_conv input, last frame")
-            if not first and Wt:
+            if window and Wt:
                 for nm in ("k", "v", "cam_k", "cam_v"):
                     ins.append(TensorSpec(f"b{i}.{nm}_win", f32, (1, h, Wt, D), f"softmax window {nm}"))
             for nm in ("k", "v", "cam_k", "cam_v"):
                 outs.append(TensorSpec(f"b{i}.{nm}_chunk", f32, (1, h, n * S, D), f"this chunk's {nm}"))
     return StepIO(tuple(ins), tuple(outs), state_map)
+
+
+GENERATOR_ENGINE = "generator"
+# latents.out = latents + dt * velocity per frame: the Euler step runs inside the engine, so the chunk's
+# latents stay where the engine runs between the denoising passes (only dt [1, n] crosses per pass).
+EULER_INPUT, EULER_OUTPUT = "dt", "latents.out"
+
+
+def generator_profiles(cfg: GeneratorConfig) -> dict[str, dict[str, int]]:
+    """Optimization profiles of the one generator engine: chunk 0 (condition frame + 3) and later chunks."""
+    return {"first": {"n": cfg.first_chunk_size}, "next": {"n": cfg.chunk_size}}
+
+
+def _symbolic(a: tuple, b: tuple, na: int, nb: int) -> tuple:
+    """Dims that differ between the n = na and n = nb contracts become ``"n"`` or ``"n*k"``."""
+    out = []
+    for x, y in zip(a, b):
+        if x == y:
+            out.append(x)
+        elif x % na == 0 and y % nb == 0 and x // na == y // nb:
+            k = x // na
+            out.append("n" if k == 1 else f"n*{k}")
+        else:
+            raise ValueError(f"dimension {x} (n={na}) vs {y} (n={nb}) is not proportional to the frame count")
+    return tuple(out)
+
+
+def generator_engine_io(cfg: GeneratorConfig, euler: bool = True) -> StepIO:
+    """Contract of the ONE generator engine (bundle schema 2): both chunk lengths on a symbolic frame axis n.
+
+    The inputs and outputs of ``generator_step_io(cfg, first=False)`` with every frame-sized dim symbolic
+    (``n`` frames, ``n*S`` tokens); chunk 0 runs the same engine at profile ``first`` with an all-zero
+    ``window_valid``. With ``euler`` the engine also takes ``dt`` [1, n] (sigma_next - sigma per frame, 0 on
+    the commit pass and for the condition frame) and returns ``latents.out`` = latents + dt * velocity.
+    """
+    prof = generator_profiles(cfg)
+    nf, nn_ = prof["first"]["n"], prof["next"]["n"]
+    a = generator_step_io(cfg, first=True, window=True)
+    b = generator_step_io(cfg, first=False, window=True)
+    if nf == nn_:
+        raise ValueError("first_chunk_size == chunk_size: the frame axis cannot be told apart; not supported")
+
+    def merge(ta, tb):
+        return tuple(TensorSpec(x.name, x.dtype, _symbolic(x.shape, y.shape, nf, nn_), x.doc) for x, y in zip(ta, tb))
+
+    ins, outs = list(merge(a.inputs, b.inputs)), list(merge(a.outputs, b.outputs))
+    if euler:
+        C, H, W = cfg.in_channels, cfg.latent_height, cfg.latent_width
+        ins.append(TensorSpec(EULER_INPUT, "float32", (1, "n"), "sigma_next - sigma per frame (0: commit pass)"))
+        outs.append(TensorSpec(EULER_OUTPUT, "float32", (1, C, "n", H, W), "latents + dt * velocity"))
+    return StepIO(tuple(ins), tuple(outs), dict(b.state_map))

@@ -1,8 +1,18 @@
-"""Executor interface shared by every backend (numpy in, numpy out; torch-free).
+"""Executor interface shared by every backend (torch-free).
 
 An executor runs one engine graph: a pure step function whose inputs and outputs are fixed by its
-``TensorSpec`` tuples (from the bundle manifest). ``run`` checks the feeds against the spec before anything
-reaches a backend, so a wrong name, dtype or shape fails with a message that says which tensor and why.
+``TensorSpec`` tuples (from the bundle manifest). Two ways to call it:
+
+* ``run_bound(bindings, profile)``: the runtime's path. Every input and output is a ``Buffer`` the session
+  pool owns, in the executor's memory (``memory_kind``: host arrays for ONNX Runtime CPU, device pointers for
+  TensorRT); the executor binds them and enqueues the engine. Nothing is copied.
+* ``run(feeds)``: numpy in, numpy out (tests, debugging, one-off calls). ``run`` checks the feeds against the
+  spec before anything reaches a backend, so a wrong name, dtype or shape fails with a message that says
+  which tensor and why.
+
+A dynamic engine (one engine for several call shapes, e.g. the generator's 4-frame first chunk and 3-frame
+later chunks) declares ``profiles``: profile name -> sizes of its symbolic dims (``"n"``); every call names
+the profile it runs at.
 """
 
 from __future__ import annotations
@@ -12,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..spec import TensorSpec
+from ..spec import StepIO, TensorSpec
 
 
 class ExecutorError(ValueError):
@@ -69,25 +79,62 @@ def check_outputs(name: str, outputs: tuple[TensorSpec, ...], got: Mapping[str, 
     return res
 
 
+def profile_of(name: str, profiles: Mapping[str, dict], inputs: tuple[TensorSpec, ...], feeds: Mapping[str, np.ndarray]) -> str | None:
+    """The profile whose concrete input shapes match ``feeds`` (None for a fixed-shape engine)."""
+    if not profiles:
+        return None
+    for prof, dims in profiles.items():
+        if all(tuple(np.shape(feeds[t.name])) == t.concrete(dims).shape for t in inputs if t.name in feeds):
+            return prof
+    raise ExecutorError(f"engine {name!r}: the feeds' shapes match none of its profiles {sorted(profiles)}")
+
+
 class Executor(ABC):
-    """One engine graph on one backend. ``run`` is a pure step: no hidden state between calls."""
+    """One engine graph on one backend. Every call is a pure step: no hidden state between calls."""
 
     backend: str = ""
+    memory_kind: str = "host"  # where bound buffers must live: "host" or "cuda"
 
-    def __init__(self, name: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], state_map: dict | None = None):
+    def __init__(self, name: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], state_map: dict | None = None,
+                 profiles: Mapping[str, dict] | None = None):
         self.name = name
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.state_map = dict(state_map or {})
+        self.profiles = {k: dict(v) for k, v in (profiles or {}).items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def contract(self, profile: str | None = None) -> StepIO:
+        """The engine's tensors at ``profile`` (fixed-shape engines: ``None``)."""
+        io = StepIO(self.inputs, self.outputs, self.state_map)
+        if not self.profiles:
+            return io
+        if profile not in self.profiles:
+            raise ExecutorError(f"engine {self.name!r} has profiles {sorted(self.profiles)}; got {profile!r}")
+        return io.concrete(self.profiles[profile])
+
+    def run(self, feeds: Mapping[str, np.ndarray], profile: str | None = None) -> dict[str, np.ndarray]:
         """Run one step: ``feeds`` {input name: array} -> {output name: array} (new arrays)."""
-        checked = check_feeds(self.name, self.inputs, feeds)
-        return check_outputs(self.name, self.outputs, self._run(checked))
+        if profile is None:
+            profile = profile_of(self.name, self.profiles, self.inputs, feeds)
+        io = self.contract(profile)
+        checked = check_feeds(self.name, io.inputs, feeds)
+        return check_outputs(self.name, io.outputs, self._run(checked, profile))
 
     @abstractmethod
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], profile: str | None = None) -> dict[str, np.ndarray]:
         """Backend-specific execution on already-checked feeds."""
+
+    def run_bound(self, bindings: Mapping, profile: str | None = None) -> None:
+        """Run one step on pool buffers (``sanawm.engines.memory.Buffer``), outputs written in place.
+
+        This default serves host-memory executors that only implement ``_run``: it reads the input arrays and
+        copies the results into the bound output arrays. Backends with zero-copy binding override it.
+        """
+        io = self.contract(profile)
+        feeds = {t.name: bindings[t.name].handle for t in io.inputs}
+        res = self._run(check_feeds(self.name, io.inputs, feeds), profile)
+        for t in io.outputs:
+            np.copyto(bindings[t.name].handle, res[t.name])
 
     def next_state(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The next call's state inputs from this call's outputs (by ``state_map``)."""

@@ -10,14 +10,14 @@ from .prompt import PromptEmbeddings, load_prompt
 from .scheduler import Conditioning, GeneratorRunner, euler_step, stream_latents
 from .session import Session
 from .stages import Chunk, DecoderStage, PassThroughRefiner, Stage
-from .state import GeneratorState
+from .state import GeneratorStatePool
 
 __all__ = [
     "Chunk",
     "Conditioning",
     "DecoderStage",
     "GeneratorRunner",
-    "GeneratorState",
+    "GeneratorStatePool",
     "NoiseSource",
     "PassThroughRefiner",
     "PromptEmbeddings",

@@ -158,7 +158,7 @@ class Session:
         s, e = self.bounds[c]
         t0 = time.perf_counter()
         res = self.runtime.generator.run_chunk(c, s, e, self.noise.take(s, e), self.cond, self.generator_state)
-        chunk = Chunk(c, s, e, res.latents, timings={"generator": time.perf_counter() - t0})
+        chunk = Chunk(c, s, e, buffer=res.buffer, timings={"generator": time.perf_counter() - t0})
         for stage in self.stages:
             chunk = timed(stage, chunk)
         return chunk

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
@@ -21,17 +20,41 @@ import numpy as np
 from .frames import to_uint8
 
 
-@dataclass
 class Chunk:
-    """One streamed chunk. Latent frames [start, end) of the clip; chunk 0 includes the condition frame."""
+    """One streamed chunk. Latent frames [start, end) of the clip; chunk 0 includes the condition frame.
 
-    index: int
-    start: int
-    end: int
-    latents: np.ndarray  # [1, C, n, H, W] stage-1 clean latents
-    refined: np.ndarray | None = None  # [1, C, n, H, W] after the refiner (the same array when skipped)
-    frames: np.ndarray | None = None  # [F, H, W, 3] uint8 video frames (chunk 0 without the condition frame)
-    timings: dict = field(default_factory=dict)  # stage name -> seconds
+    ``latents`` / ``refined`` are host arrays read out of the session pool on first access only: stages that
+    run where the engines run pass ``latents_buffer`` / ``refined_buffer`` on without a host round trip.
+    """
+
+    def __init__(self, index: int, start: int, end: int, latents=None, *, buffer=None, refined=None, frames=None,
+                 timings: dict | None = None):
+        self.index, self.start, self.end = index, start, end
+        self._latents = None if latents is None else np.asarray(latents)
+        self.latents_buffer = buffer  # sanawm.engines.memory.Buffer of the stage-1 clean latents, if any
+        self._refined = refined
+        self.refined_buffer = None  # set when the refined latents live in a pool buffer
+        self.frames: np.ndarray | None = frames  # [F, H, W, 3] uint8 (chunk 0 without the condition frame)
+        self.timings: dict = dict(timings or {})  # stage name -> seconds
+
+    @property
+    def latents(self) -> np.ndarray:
+        """[1, C, n, H, W] stage-1 clean latents (host)."""
+        if self._latents is None and self.latents_buffer is not None:
+            self._latents = self.latents_buffer.memory.download(self.latents_buffer)
+        return self._latents
+
+    @property
+    def refined(self) -> np.ndarray | None:
+        """[1, C, n, H, W] latents after the refiner (host); the stage-1 latents when it was skipped."""
+        if self._refined is None and self.refined_buffer is not None:
+            self._refined = self.refined_buffer.memory.download(self.refined_buffer)
+        return self._refined
+
+    @refined.setter
+    def refined(self, value) -> None:
+        self._refined = value
+        self.refined_buffer = None
 
     @property
     def num_frames(self) -> int:
@@ -54,7 +77,10 @@ class PassThroughRefiner:
     name = "refiner"
 
     def process(self, chunk: Chunk) -> Chunk:
-        chunk.refined = chunk.latents
+        if chunk.latents_buffer is not None:  # stays where it is: no host round trip
+            chunk._refined, chunk.refined_buffer = None, chunk.latents_buffer
+        else:
+            chunk.refined = chunk.latents
         return chunk
 
     def state_dict(self) -> dict[str, np.ndarray]:

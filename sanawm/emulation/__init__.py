@@ -25,10 +25,10 @@ from typing import Iterator
 
 from .cuda import make_runtime
 from .device import DEFAULT_TOTAL, Device
-from .plan import build_plan, read_plan
+from .plan import build_plan, read_plan, spec_plan
 from .tensorrt import DEFAULT_VERSION, make_tensorrt
 
-__all__ = ["Device", "Emulation", "build_plan", "install", "read_plan"]
+__all__ = ["Device", "Emulation", "build_plan", "install", "read_plan", "spec_plan"]
 
 _MODULES = ("cuda", "cuda.bindings", "cuda.bindings.runtime")
 
@@ -44,6 +44,11 @@ class Emulation:
     def plan(self, onnx_path, profiles=None, name=None) -> bytes:
         """``build_plan`` for this emulation's TensorRT version and device (a plan it will accept)."""
         return build_plan(onnx_path, profiles, self.trt.__version__, self.device.compute_capability, name)
+
+    def spec_plan(self, name, inputs, outputs, profiles=None, weight_bytes=0, workspace=0) -> bytes:
+        """``spec_plan`` (no ONNX; for ``backing=False`` planning) for this emulation's version and device."""
+        return spec_plan(name, inputs, outputs, profiles, weight_bytes, workspace, self.trt.__version__,
+                         self.device.compute_capability)
 
 
 @contextlib.contextmanager

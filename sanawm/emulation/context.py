@@ -194,6 +194,9 @@ class IExecutionContext:
         dev.note("trt_execute", eng.name, self._profile)
         if not dev.backing:
             return OK
+        if eng._plan["onnx"] is None:
+            self._log("this plan has no ONNX graph (spec_plan): it executes only on a backing=False device")
+            return E.cudaErrorInvalidValue
         feeds = {}
         for n in ins:
             dt = np_dtype(eng.get_tensor_dtype(n))

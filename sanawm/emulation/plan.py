@@ -148,6 +148,31 @@ def build_plan(onnx_path: str | Path, profiles: Sequence[Profile] | None = None,
     }).encode()
 
 
+_ONNX_ELEM = {"float32": 1, "uint8": 2, "int8": 3, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
+              "bfloat16": 16, "float8_e4m3fn": 17}
+
+
+def spec_plan(name: str, inputs: Sequence[tuple], outputs: Sequence[tuple], profiles: Sequence[Profile] | None = None,
+              weight_bytes: int = 0, workspace: Sequence[int] | int = 0, version: str = "1.7.1.116",
+              compute_capability: tuple[int, int] = (12, 0)) -> bytes:
+    """A plan with no ONNX graph, from ``(name, numpy dtype name, dims)`` tuples (a dim may be a symbolic
+    name shared between inputs and outputs). For full-size planning on a ``backing=False`` device: it
+    deserializes (uploading ``weight_bytes``), binds, and counts executes, but cannot compute outputs."""
+    bad = [t for t in list(inputs) + list(outputs) if t[1] not in _ONNX_ELEM]
+    if bad:
+        raise ValueError(f"dtypes of {[t[0] for t in bad]} not in {sorted(_ONNX_ELEM)}")
+    io = [{"name": n, "mode": mode, "elem": _ONNX_ELEM[dt], "dims": [d if isinstance(d, str) else (None if int(d) < 0 else int(d)) for d in dims]}
+          for mode, ts in (("INPUT", inputs), ("OUTPUT", outputs)) for n, dt, dims in ts]
+    profs = _check_profiles({t["name"]: t["dims"] for t in io if t["mode"] == "INPUT"}, profiles)
+    ws = [int(workspace)] * len(profs) if isinstance(workspace, int) else [int(w) for w in workspace]
+    if len(ws) != len(profs):
+        raise ValueError(f"workspace has {len(ws)} sizes for {len(profs)} profiles")
+    return json.dumps({
+        "magic": MAGIC, "name": name, "onnx": None, "version": str(version), "compute_capability": list(compute_capability),
+        "io": io, "profiles": profs, "weight_bytes": int(weight_bytes), "workspace": ws,
+    }).encode()
+
+
 def read_plan(data: bytes) -> dict | None:
     """The plan dict, or None for bytes that are not an emulated plan."""
     try:

@@ -324,3 +324,65 @@ def test_rtx_runtime_cache_compiles_each_shape_once(mlp):
                 _run(ctx, rt, np.ones((1, 3, F), np.float32), 0)
             assert dev.events["trt_jit_compile"] - before == (1 if session == 0 else 0)
             saved = cache.serialize()
+
+
+def test_rtx_whole_graph_capture_captures_once_per_shape_and_address(mlp):
+    with install("tensorrt_rtx") as emu:
+        trt, rt, dev = emu.trt, emu.runtime, emu.device
+        eng = trt.Runtime(trt.Logger()).deserialize_cuda_engine(emu.plan(mlp, PROFILES))
+        cfg = eng.create_runtime_config()
+        cfg.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        ctx = eng.create_execution_context(cfg)
+        x = np.ones((1, 2, F), np.float32)
+        _, px = rt.cudaMalloc(x.nbytes)
+        _, py = rt.cudaMalloc(x.nbytes)
+        ctx.set_input_shape("x", x.shape)
+        ctx.set_tensor_address("x", px)
+        ctx.set_tensor_address("y", py)
+        for _ in range(3):
+            assert ctx.execute_async_v3(0)
+        assert (dev.events["trt_graph_capture"], dev.events["trt_graph_replay"]) == (1, 2)
+
+
+def test_spec_plan_plans_full_size_without_memory_or_onnx():
+    gib = 1 << 30
+    kv = ("kv", "float16", (48, 2, 32, 8800, 128))  # 4.3 GB: counted, never stored
+    with install(total_memory=32 * gib, backing=False) as emu:
+        trt, rt, dev = emu.trt, emu.runtime, emu.device
+        plan = emu.spec_plan("big", [("x", "float32", (1, "T", 64)), kv], [("y", "float32", (1, "T", 64))],
+                             profiles=[{"x": ((1, 3, 64), (1, 3, 64), (1, 4, 64))}], weight_bytes=12 * gib, workspace=gib)
+        eng = trt.Runtime(trt.Logger()).deserialize_cuda_engine(plan)
+        assert eng.get_tensor_shape("x") == (1, -1, 64) and eng.device_memory_size_v2 == gib
+        ctx = eng.create_execution_context()
+        nbytes = 48 * 2 * 32 * 8800 * 128 * 2
+        _, pkv = rt.cudaMalloc(nbytes)
+        _, px = rt.cudaMalloc(4 * 64 * 4)
+        _, py = rt.cudaMalloc(4 * 64 * 4)
+        ctx.set_input_shape("x", (1, 4, 64))
+        ctx.set_input_shape("kv", kv[2])
+        assert ctx.get_tensor_shape("y") == (1, 4, 64)
+        for n, p in (("x", px), ("kv", pkv), ("y", py)):
+            ctx.set_tensor_address(n, p)
+        assert ctx.execute_async_v3(0)
+        assert dev.copy_bytes["h2d"] == 12 * gib and dev.events["trt_execute"] == 1
+        assert dev.peak_bytes >= 12 * gib + gib + nbytes
+    with install() as emu:  # on a backing device a spec plan cannot compute: a failed execute, not garbage
+        logger = emu.trt.Logger()
+        eng = emu.trt.Runtime(logger).deserialize_cuda_engine(emu.spec_plan("s", [("x", "float32", (2,))], [("y", "float32", (2,))]))
+        ctx = eng.create_execution_context()
+        _, p = emu.runtime.cudaMalloc(8)
+        _, q = emu.runtime.cudaMalloc(8)
+        ctx.set_input_shape("x", (2,))
+        ctx.set_tensor_address("x", p)
+        ctx.set_tensor_address("y", q)
+        assert not ctx.execute_async_v3(0) and "no ONNX graph" in logger.messages[-1][1]
+
+
+def test_emulation_imports_neither_torch_nor_onnx():
+    import subprocess
+
+    code = ("import sys, sanawm.emulation; from sanawm.emulation import install\n"
+            "with install('tensorrt') as e: import tensorrt, cuda.bindings.runtime\n"
+            "bad = [m for m in ('torch', 'onnx') if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -57,6 +57,11 @@ def make_runtime(device: Device) -> types.ModuleType:
         err, d = dev.check_copy(dst, src, count, kind)
         if err != OK:
             return (err,)
+        host = {"h2d": src, "d2h": dst}.get(d)
+        s = dev.streams.get(int(stream or 0))
+        if host is not None and s is not None and s.capture is not None and not dev.is_pinned(host, count):
+            # pageable host memory cannot be a graph node (and may be gone by the time the graph runs)
+            return (dev.forbid_during_capture(),)
         return (dev.submit(stream, "memcpy", lambda: dev.copy(dst, src, count, d)),)
 
     def cudaMemcpy(dst, src, count, kind):

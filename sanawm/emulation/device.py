@@ -106,7 +106,7 @@ class Device:
     """The emulated GPU: memory, streams, graphs and the counters tests read.
 
     Counters: ``copy_bytes`` / ``copy_calls`` per direction (h2d, d2h, d2d, h2h), ``memset_bytes`` /
-    ``memset_calls``, ``alloc_calls`` / ``alloc_bytes`` (cumulative cudaMalloc), ``free_calls``,
+    ``memset_calls``, ``pageable_bytes`` (h2d / d2h bytes not staged in pinned memory), ``alloc_calls`` / ``alloc_bytes`` (cumulative cudaMalloc), ``free_calls``,
     ``live_bytes`` / ``peak_bytes``, ``pinned_bytes`` (live cudaMallocHost), ``graph_launches``,
     ``events`` (a Counter of anything else noted, e.g. TensorRT executes), and ``log``: one tuple per call
     that did work, ``(what, details...)``. ``reset()`` zeroes them (memory stays allocated).
@@ -132,6 +132,7 @@ class Device:
         self.copy_bytes = dict.fromkeys(DIRECTIONS, 0)
         self.copy_calls = dict.fromkeys(DIRECTIONS, 0)
         self.memset_bytes = self.memset_calls = 0
+        self.pageable_bytes = 0  # h2d / d2h bytes whose host side was not from cudaMallocHost
         self.alloc_calls = self.alloc_bytes = self.free_calls = 0
         self.peak_bytes = self.live_bytes
         self.graph_launches = 0
@@ -214,6 +215,9 @@ class Device:
         self.note("malloc_host", int(size), ptr)
         return OK, ptr
 
+    def is_pinned(self, ptr: int, n: int) -> bool:
+        return any(p <= int(ptr) and int(ptr) + int(n) <= p + b.nbytes for p, b in self._host.items())
+
     def free_host(self, ptr: int) -> E:
         return OK if self._host.pop(int(ptr), None) is not None else E.cudaErrorInvalidValue
 
@@ -241,6 +245,8 @@ class Device:
             sp = self.view(src, n).ctypes.data if self.is_device(src) else src
             ctypes.memmove(dp, sp, n)
         self.copy_bytes[d] += n
+        if d in ("h2d", "d2h") and not self.is_pinned(src if d == "h2d" else dst, n):
+            self.pageable_bytes += n
         self.copy_calls[d] += 1
         self.note("memcpy", d, n, dst, src)
         return OK

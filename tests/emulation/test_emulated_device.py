@@ -1,5 +1,6 @@
 """The emulated CUDA device and TensorRT (sanawm.emulation): counting, capture/replay, engines vs ONNX Runtime."""
 
+import ctypes
 import sys
 
 import numpy as np
@@ -33,6 +34,13 @@ def mlp(tmp_path_factory):
 
 def h2d(rt, dst, a):
     return rt.cudaMemcpy(dst, a.ctypes.data, a.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice)[0]
+
+
+def pinned(rt, n):
+    """n float32 in cudaMallocHost memory, as a numpy view."""
+    err, ptr = rt.cudaMallocHost(4 * n)
+    assert err == 0
+    return np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr))
 
 
 def d2h(rt, a, src):
@@ -69,6 +77,23 @@ def test_copies_are_counted_per_direction_and_d2d_moves_bytes():
         assert dev.copy_bytes == {"h2d": a.nbytes + 16, "d2h": a.nbytes, "d2d": a.nbytes, "h2h": a.nbytes}
         assert dev.copy_calls == {"h2d": 2, "d2h": 1, "d2d": 1, "h2h": 1}
         assert [e[0] for e in dev.log] == ["memcpy"] * 5
+        assert dev.pageable_bytes == 2 * a.nbytes + 16  # numpy arrays are not pinned
+
+
+def test_pinned_host_memory_is_real_memory_and_counted_as_pinned():
+    with install() as emu:
+        rt, dev = emu.runtime, emu.device
+        err, hp = rt.cudaMallocHost(64)
+        assert err == 0 and not dev.is_device(hp)
+        staged = np.ctypeslib.as_array((ctypes.c_float * 16).from_address(hp))  # a numpy view of pinned memory
+        staged[:] = np.arange(16)
+        _, p = rt.cudaMalloc(64)
+        assert rt.cudaMemcpy(p, hp, 64, rt.cudaMemcpyKind.cudaMemcpyHostToDevice)[0] == 0
+        out = np.zeros(16, np.float32)
+        d2h(rt, out, p)
+        np.testing.assert_array_equal(out, np.arange(16))
+        assert dev.pageable_bytes == 64 and dev.pinned_bytes == 64  # only the d2h into numpy was pageable
+        assert rt.cudaFreeHost(hp)[0] == 0 and dev.pinned_bytes == 0
 
 
 def test_bad_pointers_are_error_returns_not_crashes():
@@ -104,8 +129,8 @@ def test_capture_records_and_replays_with_frozen_addresses():
     with install() as emu:
         rt, dev = emu.runtime, emu.device
         K = rt.cudaMemcpyKind
-        src = np.arange(8, dtype=np.float32)
-        dst = np.zeros_like(src)
+        src, dst = (pinned(rt, 8) for _ in range(2))
+        src[:], dst[:] = np.arange(8), 0
         _, p = rt.cudaMalloc(src.nbytes)
         _, s = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
         dev.reset()
@@ -133,11 +158,14 @@ def test_alloc_or_sync_during_capture_is_an_error_and_invalidates_it():
         rt = emu.runtime
         E, mode = rt.cudaError_t, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
         _, s = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
-        for bad in (lambda: rt.cudaMalloc(256), lambda: rt.cudaStreamSynchronize(s), lambda: rt.cudaDeviceSynchronize()):
+        _, p = rt.cudaMalloc(64)
+        pageable = np.zeros(16, np.float32)
+        for bad in (lambda: rt.cudaMalloc(256), lambda: rt.cudaStreamSynchronize(s), lambda: rt.cudaDeviceSynchronize(),
+                    lambda: rt.cudaMemcpyAsync(p, pageable.ctypes.data, 64, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, s)):
             rt.cudaStreamBeginCapture(s, mode)
             assert bad()[0] == E.cudaErrorStreamCaptureUnsupported
             assert rt.cudaStreamEndCapture(s) == (E.cudaErrorStreamCaptureInvalidated, None)
-        assert emu.device.alloc_calls == 0
+        assert emu.device.alloc_calls == 1 and emu.device.copy_calls["h2d"] == 0
         assert rt.cudaMalloc(256)[0] == 0  # fine again once the capture is over
 
 

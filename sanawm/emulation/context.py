@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .device import ALIGN
 from .tensorrt import CudaGraphStrategy, ICudaEngine, IRuntimeConfig, Logger, Strategy, TensorIOMode, np_dtype
 
 
@@ -49,7 +50,10 @@ class IExecutionContext:
 
     def __del__(self):
         if getattr(self, "_owned", 0):
-            self._cuda.cudaFree(self._owned)
+            try:
+                self._cuda.cudaFree(self._owned)
+            except Exception:  # noqa: BLE001 - interpreter shutdown; the emulated device goes with it
+                pass
             self._owned = 0
 
     def set_device_memory(self, ptr: int, size: int) -> None:
@@ -161,6 +165,9 @@ class IExecutionContext:
         need = self.engine.get_device_memory_size_for_profile_v2(self._profile)
         if self._mem is None or self._mem[1] < need or (need and self._dev.region(self._mem[0], need) is None):
             self._log(f"execute_async_v3: context memory missing or smaller than {need} B (USER_MANAGED: set device_memory)")
+            return False
+        if self._mem[0] % ALIGN:
+            self._log(f"execute_async_v3: context memory at {self._mem[0]:#x} is not {ALIGN}-byte aligned")
             return False
         addr, shapes = dict(self._addr), dict(self._shapes)
         known = self._dims()

@@ -18,7 +18,10 @@ def make_runtime(device: Device) -> types.ModuleType:
     dev = device
 
     def cudaGetErrorName(err):
-        return OK, E(int(err)).name.encode()
+        try:
+            return OK, E(int(err)).name.encode()
+        except ValueError:
+            return E.cudaErrorInvalidValue, b"cudaErrorUnknown"
 
     def cudaGetDevice():
         return OK, 0
@@ -191,5 +194,6 @@ def make_runtime(device: Device) -> types.ModuleType:
         setattr(m, cls.__name__, cls)
     m.cudaStreamDefault, m.cudaStreamNonBlocking = 0, 1
     m.cudaEventDefault, m.cudaEventDisableTiming = 0, 2
+    m.cudaStream_t = m.cudaEvent_t = m.cudaGraph_t = m.cudaGraphExec_t = int  # handles are plain ints here
     m.device = device
     return m

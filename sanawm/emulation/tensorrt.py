@@ -30,6 +30,7 @@ DataType = enum.Enum("DataType", [(n, i) for i, n in enumerate(
 TensorIOMode = enum.Enum("TensorIOMode", "NONE INPUT OUTPUT", start=0)
 ExecutionContextAllocationStrategy = enum.Enum("ExecutionContextAllocationStrategy", "STATIC ON_PROFILE_CHANGE USER_MANAGED", start=0)
 CudaGraphStrategy = enum.Enum("CudaGraphStrategy", "DISABLED WHOLE_GRAPH_CAPTURE", start=0)
+DynamicShapesKernelSpecializationStrategy = enum.Enum("DynamicShapesKernelSpecializationStrategy", "LAZY EAGER NONE", start=0)
 Strategy = ExecutionContextAllocationStrategy
 
 
@@ -79,6 +80,7 @@ class IRuntimeConfig:
         self._strategy = Strategy.STATIC
         self._cache: IRuntimeCache | None = None
         self.cuda_graph_strategy = CudaGraphStrategy.DISABLED
+        self.dynamic_shapes_kernel_specialization_strategy = DynamicShapesKernelSpecializationStrategy.LAZY
 
     def set_execution_context_allocation_strategy(self, strategy) -> None:
         self._strategy = strategy
@@ -148,8 +150,11 @@ class ICudaEngine:
         return True
 
     def __del__(self):
-        if self._weights:
-            self._cuda.cudaFree(self._weights)
+        if getattr(self, "_weights", 0):
+            try:
+                self._cuda.cudaFree(self._weights)
+            except Exception:  # noqa: BLE001 - interpreter shutdown; the emulated device goes with it
+                pass
             self._weights = 0
 
     # ------------------------------------------------------------------ I/O
@@ -194,11 +199,12 @@ class ICudaEngine:
             raise AttributeError("create_runtime_config is TensorRT-RTX API (emulated module is 'tensorrt')")
         return IRuntimeConfig()
 
-    def create_execution_context(self, strategy_or_config=None):
-        config = strategy_or_config if isinstance(strategy_or_config, IRuntimeConfig) else None
+    def create_execution_context(self, strategy=None, runtime_config: IRuntimeConfig | None = None):
+        """``strategy`` (TensorRT) or a ``runtime_config`` (TensorRT-RTX, also accepted positionally)."""
+        config = strategy if isinstance(strategy, IRuntimeConfig) else runtime_config
         if config is None:
             config = IRuntimeConfig()
-            config.set_execution_context_allocation_strategy(strategy_or_config or Strategy.STATIC)
+            config.set_execution_context_allocation_strategy(strategy or Strategy.STATIC)
         from .context import IExecutionContext
 
         ctx = IExecutionContext(self, config)
@@ -227,5 +233,6 @@ def make_tensorrt(cuda_runtime: types.ModuleType, backend: str = "tensorrt_rtx",
     for obj in (Logger, ICudaEngine, IExecutionContext, DataType, TensorIOMode, ExecutionContextAllocationStrategy):
         setattr(m, obj.__name__, obj)
     if backend == "tensorrt_rtx":
-        m.IRuntimeConfig, m.IRuntimeCache, m.CudaGraphStrategy = IRuntimeConfig, IRuntimeCache, CudaGraphStrategy
+        for obj in (IRuntimeConfig, IRuntimeCache, CudaGraphStrategy, DynamicShapesKernelSpecializationStrategy):
+            setattr(m, obj.__name__, obj)
     return m

@@ -247,15 +247,35 @@ def test_user_managed_context_needs_its_memory(mlp):
         allocs = dev.alloc_calls
         cfg = eng.create_runtime_config()
         cfg.set_execution_context_allocation_strategy(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        ctx = eng.create_execution_context(cfg)
+        ctx = eng.create_execution_context(runtime_config=cfg)
         assert dev.alloc_calls == allocs  # user-managed: the context allocates nothing itself
         x = np.ones((1, 2, F), np.float32)
         with pytest.raises(AssertionError):
             _run(ctx, rt, x, 0)
         assert "context memory" in logger.messages[-1][1]
-        _, arena = rt.cudaMalloc(eng.device_memory_size_v2)
-        ctx.set_device_memory(arena, eng.device_memory_size_v2)
+        size = eng.device_memory_size_v2
+        _, arena = rt.cudaMalloc(size + 256)
+        ctx.set_device_memory(arena + 8, size)
+        with pytest.raises(AssertionError):
+            _run(ctx, rt, x, 0)
+        assert "aligned" in logger.messages[-1][1]
+        ctx.set_device_memory(arena + 256, size)
         assert _run(ctx, rt, x, 0).any()
+
+
+def test_allocation_strategies_own_their_context_memory(mlp):
+    with install("tensorrt") as emu:
+        trt, dev = emu.trt, emu.device
+        eng = trt.Runtime(trt.Logger()).deserialize_cuda_engine(emu.plan(mlp, PROFILES))
+        sizes = [eng.get_device_memory_size_for_profile_v2(p) for p in (0, 1)]
+        dev.reset()
+        static = eng.create_execution_context(trt.ExecutionContextAllocationStrategy.STATIC)
+        assert dev.alloc_bytes == max(sizes)
+        ctx = eng.create_execution_context(trt.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE)
+        assert dev.alloc_bytes == max(sizes) + sizes[0]
+        assert ctx.set_optimization_profile_async(1, 0)
+        assert dev.alloc_bytes == max(sizes) + sizes[0] + sizes[1] and dev.free_calls == 1
+        assert not ctx.set_optimization_profile_async(2, 0) and static.device_memory
 
 
 def test_aliased_input_and_output_is_a_clear_error(mlp):
@@ -414,3 +434,20 @@ def test_emulation_imports_neither_torch_nor_onnx():
             "bad = [m for m in ('torch', 'onnx') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_events_order_streams_and_reject_unknown_handles():
+    with install() as emu:
+        rt = emu.runtime
+        E = rt.cudaError_t
+        _, a = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
+        _, b = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
+        err, ev = rt.cudaEventCreate()
+        assert err == 0
+        assert rt.cudaEventRecord(ev, a)[0] == 0 and rt.cudaStreamWaitEvent(b, ev, 0)[0] == 0
+        assert rt.cudaEventSynchronize(ev)[0] == 0 and rt.cudaEventDestroy(ev)[0] == 0
+        assert rt.cudaEventRecord(ev, a)[0] == E.cudaErrorInvalidResourceHandle  # destroyed
+        assert rt.cudaStreamSynchronize(12345)[0] == E.cudaErrorInvalidResourceHandle
+        assert rt.cudaStreamDestroy(a)[0] == 0 and rt.cudaStreamDestroy(a)[0] == E.cudaErrorInvalidResourceHandle
+        prop = rt.cudaGetDeviceProperties(rt.cudaGetDevice()[1])[1]
+        assert (prop.major, prop.minor) == emu.device.compute_capability and prop.totalGlobalMem == emu.device.total_memory

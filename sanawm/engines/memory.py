@@ -130,6 +130,14 @@ class Memory(ABC):
     @abstractmethod
     def zero(self, buf: Buffer) -> None: ...
 
+    def free(self, buf: Buffer) -> None:
+        """Give back one buffer (temporary buffers of a host-convenience call; pools live for the session)."""
+        self.buffers = [b for b in self.buffers if b is not buf]
+        self._free(buf)
+
+    def _free(self, buf: Buffer) -> None:
+        """Backend release of one buffer (host arrays: nothing to do)."""
+
     def synchronize(self) -> None:
         """Wait for everything enqueued so far (no-op on the host)."""
 

@@ -28,6 +28,8 @@ def stateful(tmp_path_factory):
 @pytest.mark.parametrize("backend", ["tensorrt", "tensorrt_rtx"])
 @pytest.mark.parametrize("use_cuda_graph", [False, True])
 def test_device_resident_steps_match_onnxruntime(stateful, tmp_path, backend, use_cuda_graph):
+    """State ping-pongs between two pool buffers on the device; only x goes up and y comes down."""
+    from sanawm.engines.cuda_memory import CudaMemory
     from sanawm.engines.tensorrt import TensorRTEngine
 
     ref = ort.InferenceSession(str(stateful), providers=["CPUExecutionProvider"])
@@ -38,21 +40,35 @@ def test_device_resident_steps_match_onnxruntime(stateful, tmp_path, backend, us
         plan = tmp_path / "stateful.plan"
         plan.write_bytes(emu.plan(stateful))
         eng = TensorRTEngine("stateful", plan, spec("x", "s_in"), spec("y", "s_out"), {"s_out": "s_in"},
-                             backend=backend, use_cuda_graph=use_cuda_graph)
-        eng.upload_state({"s_in": np.zeros(SHAPE, np.float32)})
+                             backend=backend, use_cuda_graph=use_cuda_graph,
+                             runtime_cache=tmp_path / "rtx.cache" if backend == "tensorrt_rtx" else None)
+        mem = CudaMemory()
+        eng.load()
+        arena = mem.alloc_bytes("activations", eng.workspace_bytes)
+        eng.activate(mem, arena, eng.workspace_bytes)
+        x_buf, y_buf = mem.alloc("x", "float32", SHAPE), mem.alloc("y", "float32", SHAPE)
+        state = (mem.alloc("s#0", "float32", SHAPE), mem.alloc("s#1", "float32", SHAPE))
         s = np.zeros(SHAPE, np.float32)
         for i, x in enumerate(xs):
             if i == 1:
-                allocs, h2d_before = dev.alloc_calls, dict(dev.copy_bytes)
-            got = eng.step({"x": x}, commit=True, fetch=["y"])["y"]
+                allocs, before = dev.alloc_calls, dict(dev.copy_bytes)
+            mem.upload(x_buf, x)
+            eng.run_bound({"x": x_buf, "y": y_buf, "s_in": state[i % 2], "s_out": state[1 - i % 2]})
+            got = mem.download(y_buf)
             y, s = ref.run(None, {"x": x, "s_in": s})
             np.testing.assert_allclose(got, y, rtol=0, atol=1e-6)
         # after the first step: no allocation, and only x in / y out crosses the host boundary
         assert dev.alloc_calls == allocs
-        assert dev.copy_bytes["h2d"] - h2d_before["h2d"] == 4 * xs[0].nbytes
-        assert dev.copy_bytes["d2h"] - h2d_before["d2h"] == 4 * xs[0].nbytes
-        # with graphs: one un-captured warm-up execute per ping-pong parity, then every call is a replay
-        assert dev.events["trt_weights"] == 1 and dev.events["trt_execute"] == 5 + (2 if use_cuda_graph else 0)
-        assert dev.graph_launches == (5 if use_cuda_graph else 0)
+        assert dev.copy_bytes["h2d"] - before["h2d"] == 4 * xs[0].nbytes
+        assert dev.copy_bytes["d2h"] - before["d2h"] == 4 * xs[0].nbytes
+        assert mem.traffic.h2d_bytes == 5 * xs[0].nbytes and mem.traffic.d2h_bytes == 5 * xs[0].nbytes
+        # datacenter TensorRT with graphs: one plain warm-up execute per ping-pong parity, then replays
+        manual = use_cuda_graph and backend == "tensorrt"
+        assert dev.events["trt_weights"] == 1 and dev.events["trt_execute"] == 5 + (2 if manual else 0)
+        assert dev.graph_launches == (5 if manual else 0)
         eng.close()
-        assert dev.live_bytes == 0  # close() and the dropped engine released everything
+        if backend == "tensorrt_rtx":
+            assert (tmp_path / "rtx.cache").is_file()  # JIT kernels kept for the next load on this GPU
+        mem.release()
+        del eng
+        assert dev.live_bytes == 0  # close() and release() gave everything back

@@ -48,6 +48,8 @@ class Chunk:
     def refined(self) -> np.ndarray | None:
         """[1, C, n, H, W] latents after the refiner (host); the stage-1 latents when it was skipped."""
         if self._refined is None and self.refined_buffer is not None:
+            if self.refined_buffer is self.latents_buffer:  # refiner skipped: the same tensor, read once
+                return self.latents
             self._refined = self.refined_buffer.memory.download(self.refined_buffer)
         return self._refined
 
@@ -102,111 +104,6 @@ def _state_pairs(executor, targets=None) -> dict[str, str]:
 
 
 TEMPORAL_STRIDE = 8  # pixel frames per latent frame (LTX-2 VAE)
-
-
-class DecoderStage:
-    """Causal VAE decode of each chunk through ``vae_decoder_first`` (chunk 0) / ``vae_decoder_next``.
-
-    Contract (``sanawm.models.vae.vae_decoder_io``, the exported LTX-2 decoder):
-        ``vae_decoder_first``: input ``latents`` [1, C, 4, h, w] (normalised; un-normalised inside the
-            engine), no cache inputs (its causal convs replicate their first frame); outputs ``frames``
-            [1, 3, 24, 32h, 32w] in [-1, 1] (the condition frame already dropped) and ``cache.{i}.out``.
-        ``vae_decoder_next``: inputs ``latents`` [1, C, 3, h, w] and ``cache.{i}``; outputs ``frames``
-            [1, 3, 24, H, W] and ``cache.{i}.out``.
-        Both graphs map ``cache.{i}.out`` -> ``cache.{i}`` (the *next* graph's inputs): by ``state_map``, or for
-        a first graph whose manifest entry has none (its own inputs take no state; the bundle records the
-        map under ``chains_to``, which ``Runtime.load`` applies) by the ``X.out`` -> ``X`` naming rule.
-
-    The cache a chunk leaves behind is the stage's state (``state_dict``): empty before chunk 0, the next
-    graph's cache inputs after it, so a session saved anywhere resumes with identical frames. A first graph
-    that keeps the condition frame (exported with ``drop_first_frame=False``: 1 + 8 (n - 1) frames) has it
-    dropped here; cache inputs on a first graph (not the LTX-2 contract) start at zero.
-    """
-
-    name = "decoder"
-
-    def __init__(self, first, next_):
-        self.first, self.next = first, next_
-        for ex in (first, next_):
-            if not any(t.name == "latents" for t in ex.inputs):
-                raise ValueError(
-                    f"engine {ex.name}: no 'latents' input (it takes {[t.name for t in ex.inputs]}); "
-                    "this is not a VAE decoder graph, rebuild it with `sanawm-export ... --engines "
-                    "vae_decoder_first,vae_decoder_next`"
-                )
-        self.output_name = "frames" if any(t.name == "frames" for t in first.outputs) else first.outputs[0].name
-        # what the first graph reads (zeros; empty for the LTX-2 contract) and what the next graph reads
-        self._initial = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in first.inputs if t.name != "latents"}
-        self._next_specs = {t.name: t for t in next_.inputs if t.name != "latents"}
-        for ex in (first, next_):
-            fed = set(_state_pairs(ex, self._next_specs).values())
-            unfed = sorted(set(self._next_specs) - fed)
-            if unfed:
-                raise ValueError(
-                    f"engine {ex.name}: its state_map feeds none of {unfed[:4]}{' ...' if len(unfed) > 4 else ''} "
-                    f"that {next_.name} reads, so the decoder caches cannot be chained; the two decoder graphs "
-                    "come from different exports: rebuild both with `sanawm-export ... --engines "
-                    "vae_decoder_first,vae_decoder_next`"
-                )
-        self.cache: dict[str, np.ndarray] = dict(self._initial)
-
-    def process(self, chunk: Chunk) -> Chunk:
-        first = chunk.index == 0
-        ex = self.first if first else self.next
-        lat_spec = next(t for t in ex.inputs if t.name == "latents")
-        lat = np.ascontiguousarray(chunk.refined, dtype=np.float32)
-        if lat.shape != tuple(lat_spec.shape):
-            raise ValueError(
-                f"engine {ex.name} decodes latents {list(lat_spec.shape)}, chunk {chunk.index} has {list(lat.shape)}; "
-                "the VAE engines were built for another generator config: rebuild them with the generator's --config"
-            )
-        feeds = {"latents": lat}
-        for t in ex.inputs:
-            if t.name == "latents":
-                continue
-            if t.name not in self.cache:
-                raise ValueError(
-                    f"engine {ex.name}: cache input {t.name!r} has no value from the previous chunk; chunks are "
-                    "decoded in order from chunk 0 (to continue mid-clip, resume a saved session)"
-                )
-            feeds[t.name] = self.cache[t.name]
-        out = ex.run(feeds)
-        self.cache = {i: out[o] for o, i in _state_pairs(ex, self._next_specs).items() if i in self._next_specs}
-        frames = to_uint8(out[self.output_name])
-        n = lat.shape[2]
-        want = TEMPORAL_STRIDE * (n - 1 if first else n)
-        if first and frames.shape[0] == want + 1:
-            frames = frames[1:]  # a first graph that kept the condition frame: the caller already has it
-        if frames.shape[0] != want:
-            raise ValueError(
-                f"engine {ex.name} returned {frames.shape[0]} frames for {n} latent frames, expected {want}"
-                f"{' (or ' + str(want + 1) + ' with the condition frame)' if first else ''}; rebuild the VAE engines"
-            )
-        chunk.frames = frames
-        return chunk
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return dict(self.cache)
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        state = {k: np.asarray(v) for k, v in state.items()}
-        if not state and not self._initial:  # saved before chunk 0 was decoded
-            self.cache = {}
-            return
-        if set(state) != set(self._next_specs):
-            missing, extra = sorted(set(self._next_specs) - set(state)), sorted(set(state) - set(self._next_specs))
-            raise ValueError(
-                f"saved decoder cache does not match engine {self.next.name}: missing {missing[:4]}, unexpected "
-                f"{extra[:4]}; resume with the bundle the session was saved with"
-            )
-        for k, v in state.items():
-            t = self._next_specs[k]
-            if v.shape != tuple(t.shape) or v.dtype != np.dtype(t.dtype):
-                raise ValueError(
-                    f"saved decoder cache {k!r} is {v.dtype}{list(v.shape)}, engine {self.next.name} takes "
-                    f"{t.dtype}{list(t.shape)}; resume with the bundle the session was saved with"
-                )
-        self.cache = state
 
 
 class FirstFrameEncoder:
@@ -284,7 +181,7 @@ REFINER_FACTORIES: dict[frozenset, Callable[..., Stage]] = {frozenset(REFINER_EN
 DECODER_ENGINES = ("vae_decoder_first", "vae_decoder_next")
 
 
-def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | None = None) -> list[Stage]:
+def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | None = None, memory=None) -> list[Stage]:
     """Fresh refiner + decoder stages for one session from the executors the bundle has.
 
     ``refiner_options`` go to the refiner factory (``layout``: the manifest's ``refiner`` section, ``seed``).
@@ -305,9 +202,11 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
             stages.append(factory(executors, **(refiner_options or {})))
     else:
         stages.append(PassThroughRefiner())
+    from .decoder import DecoderStage  # decoder.py builds on Chunk: imported here, no cycle
+
     have_dec = [n for n in DECODER_ENGINES if n in executors]
     if len(have_dec) == 2:
-        stages.append(DecoderStage(executors["vae_decoder_first"], executors["vae_decoder_next"]))
+        stages.append(DecoderStage(executors["vae_decoder_first"], executors["vae_decoder_next"], memory=memory))
     elif have_dec:
         raise ValueError(f"bundle has {have_dec} but not both of {list(DECODER_ENGINES)}; rebuild the VAE engines")
     return stages

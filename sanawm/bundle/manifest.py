@@ -125,7 +125,7 @@ class Bundle:
         d = self.manifest.get("generator_config")
         if d is None:
             return None
-        from .config import GeneratorConfig
+        from ..config import GeneratorConfig
 
         return GeneratorConfig.from_dict(d)
 

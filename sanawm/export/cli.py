@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from ..bundle import BACKENDS, PLAN_BACKENDS
-from ..constants import GENERATOR_ENGINES, REFINER_ENGINES, VAE_ENGINES
+from ..constants import FPS, GENERATOR_ENGINES, REFINER_ENGINES, VAE_ENGINES
 from .families.refiner import FULL_REFINER_CAPTION_LENGTH, TINY_REFINER_CAPTION_LENGTH
 from .job import ExportInputError
 
@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"refiner prompt tokens (default {TINY_REFINER_CAPTION_LENGTH} for the tiny random refiner, "
                          f"{FULL_REFINER_CAPTION_LENGTH} for --refiner)")
     ap.add_argument("--refiner-kv-max-frames", type=int, default=11, help="refiner sink + history latent frames")
-    ap.add_argument("--refiner-fps", type=float, default=16.0, help="frame rate the refiner's RoPE assumes")
+    ap.add_argument("--refiner-fps", type=float, default=float(FPS), help="frame rate the refiner's RoPE assumes")
     ap.add_argument("--weight-streaming", nargs="?", const="refiner", default=None, metavar="ENGINES",
                     help="build TensorRT plans with weight streaming: for the refiner engines (no value), a comma "
                          "list of engines, or 'all'; the runtime then takes weight_streaming_budget")

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from ..config import GeneratorConfig, StreamingSchedule
+from ..constants import GENERATOR_ENGINES, GENERATOR_FIRST, GENERATOR_NEXT, VAE_ENCODER
 from .frames import from_uint8
 from .scheduler import Executor, GeneratorRunner
 from .stages import DECODER_ENGINES, REFINER_ENGINES, FirstFrameEncoder, Stage, build_stages
 
-GENERATOR_ENGINES = ("generator_first", "generator_next")
-ENCODER_ENGINE = "vae_encoder"
+ENCODER_ENGINE = VAE_ENCODER
 OPTIONAL_ENGINES = (ENCODER_ENGINE,) + REFINER_ENGINES + DECODER_ENGINES
 
 
@@ -65,7 +65,7 @@ class Runtime:
                 "rebuild it with `sanawm-export ... --engines generator_first,generator_next`"
             )
         self.cfg, self.executors, self.schedule, self.refiner, self.source = cfg, dict(executors), schedule, refiner, source
-        self.generator = GeneratorRunner(cfg, executors["generator_first"], executors["generator_next"], schedule)
+        self.generator = GeneratorRunner(cfg, executors[GENERATOR_FIRST], executors[GENERATOR_NEXT], schedule)
         self.encoder = FirstFrameEncoder(executors[ENCODER_ENGINE]) if ENCODER_ENGINE in executors else None
         self.refiner_layout, self.refiner_seed = refiner_layout, int(refiner_seed)
         self._image_hw = self._resolve_image_hw(image_hw)

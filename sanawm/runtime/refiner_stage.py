@@ -31,12 +31,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .stages import Chunk, _state_pairs
+from ..constants import REFINER_CAPTURE, REFINER_ENGINES, REFINER_SINK, REFINER_STEP, STAGE_2_SIGMAS
+from .chunk import Chunk, state_pairs
 
-REFINER_ENGINES = ("refiner_sink", "refiner_step", "refiner_capture")
 DEFAULT_REFINER_SEED = 42  # the release's --refiner_seed default
-STAGE_2_SIGMAS = (0.909375, 0.725, 0.421875, 0.0)
-REBUILD = "rebuild them with `sanawm-export ... --engines refiner_sink,refiner_step,refiner_capture`"
+REBUILD = f"rebuild them with `sanawm-export ... --engines {','.join(REFINER_ENGINES)}`"
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def _spec(ex, name: str):
 def refiner_text_from(value) -> tuple[np.ndarray, np.ndarray] | None:
     """The refiner's text (features [1, T, D], mask [1, T]) carried by prompt embeddings, or None.
 
-    Accepts ``sanawm.text.store.PromptEmbeddings`` (``refiner_features`` / ``refiner_mask``), any object with
+    Accepts ``sanawm.text.embeddings.PromptEmbeddings`` (``refiner_features`` / ``refiner_mask``), any object with
     ``refiner_text`` / ``refiner_text_mask``, a dict or a prompt file (``.safetensors`` / ``.npz``) with the
     keys ``refiner.features`` / ``refiner.mask`` that ``sanawm encode-prompt --refiner-encoder`` writes.
     """
@@ -149,7 +148,7 @@ class RefinerStage:
         self.sigmas = np.asarray(info.sigmas, dtype=np.float32)
         self.mult = float(info.timestep_scale_multiplier)
         # history chaining: capture outputs -> the (shared) step/capture inputs
-        self.pairs = _state_pairs(capture)
+        self.pairs = state_pairs(capture)
         hist_inputs = {n for n in self.pairs.values()}
         need = {x.name for x in capture.inputs if x.name == "hist_valid" or x.name.endswith((".hist_k", ".hist_v"))}
         if need - hist_inputs:
@@ -167,7 +166,7 @@ class RefinerStage:
 
     @classmethod
     def from_executors(cls, executors: dict, layout=None, seed: int = DEFAULT_REFINER_SEED, **kw) -> "RefinerStage":
-        return cls(executors["refiner_sink"], executors["refiner_step"], executors["refiner_capture"], layout, seed, **kw)
+        return cls(executors[REFINER_SINK], executors[REFINER_STEP], executors[REFINER_CAPTURE], layout, seed, **kw)
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:

@@ -13,29 +13,14 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
 
+from ..constants import REFINER_ENGINES, TEMPORAL_STRIDE, VAE_DECODER_FIRST, VAE_DECODER_NEXT
+from ..constants import VAE_DECODER_ENGINES as DECODER_ENGINES
+from .chunk import Chunk, state_pairs
 from .frames import to_uint8
-
-
-@dataclass
-class Chunk:
-    """One streamed chunk. Latent frames [start, end) of the clip; chunk 0 includes the condition frame."""
-
-    index: int
-    start: int
-    end: int
-    latents: np.ndarray  # [1, C, n, H, W] stage-1 clean latents
-    refined: np.ndarray | None = None  # [1, C, n, H, W] after the refiner (the same array when skipped)
-    frames: np.ndarray | None = None  # [F, H, W, 3] uint8 video frames (chunk 0 without the condition frame)
-    timings: dict = field(default_factory=dict)  # stage name -> seconds
-
-    @property
-    def num_frames(self) -> int:
-        return 0 if self.frames is None else int(self.frames.shape[0])
 
 
 class Stage(Protocol):
@@ -63,19 +48,6 @@ class PassThroughRefiner:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if state:
             raise ValueError(f"pass-through refiner carries no state; the saved session has {sorted(state)}")
-
-
-def _state_pairs(executor, targets=None) -> dict[str, str]:
-    """output -> input state chaining: the manifest's ``state_map``, else every ``X.out`` output feeding ``X``
-    among ``targets`` (default: the executor's own inputs; for a first graph, the next graph's inputs)."""
-    sm = dict(getattr(executor, "state_map", None) or {})
-    if sm:
-        return sm
-    ins = set(targets) if targets is not None else {t.name for t in executor.inputs}
-    return {t.name: t.name[:-4] for t in executor.outputs if t.name.endswith(".out") and t.name[:-4] in ins}
-
-
-TEMPORAL_STRIDE = 8  # pixel frames per latent frame (LTX-2 VAE)
 
 
 class DecoderStage:
@@ -113,7 +85,7 @@ class DecoderStage:
         self._initial = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in first.inputs if t.name != "latents"}
         self._next_specs = {t.name: t for t in next_.inputs if t.name != "latents"}
         for ex in (first, next_):
-            fed = set(_state_pairs(ex, self._next_specs).values())
+            fed = set(state_pairs(ex, self._next_specs).values())
             unfed = sorted(set(self._next_specs) - fed)
             if unfed:
                 raise ValueError(
@@ -145,7 +117,7 @@ class DecoderStage:
                 )
             feeds[t.name] = self.cache[t.name]
         out = ex.run(feeds)
-        self.cache = {i: out[o] for o, i in _state_pairs(ex, self._next_specs).items() if i in self._next_specs}
+        self.cache = {i: out[o] for o, i in state_pairs(ex, self._next_specs).items() if i in self._next_specs}
         frames = to_uint8(out[self.output_name])
         n = lat.shape[2]
         want = TEMPORAL_STRIDE * (n - 1 if first else n)
@@ -253,9 +225,7 @@ def _refiner_stage(executors: dict, **options) -> Stage:
 
 
 # Refiner implementations by engine set: factory(executors, **refiner_options) -> Stage
-REFINER_ENGINES = ("refiner_sink", "refiner_step", "refiner_capture")
 REFINER_FACTORIES: dict[frozenset, Callable[..., Stage]] = {frozenset(REFINER_ENGINES): _refiner_stage}
-DECODER_ENGINES = ("vae_decoder_first", "vae_decoder_next")
 
 
 def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | None = None) -> list[Stage]:
@@ -281,7 +251,7 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
         stages.append(PassThroughRefiner())
     have_dec = [n for n in DECODER_ENGINES if n in executors]
     if len(have_dec) == 2:
-        stages.append(DecoderStage(executors["vae_decoder_first"], executors["vae_decoder_next"]))
+        stages.append(DecoderStage(executors[VAE_DECODER_FIRST], executors[VAE_DECODER_NEXT]))
     elif have_dec:
         raise ValueError(f"bundle has {have_dec} but not both of {list(DECODER_ENGINES)}; rebuild the VAE engines")
     return stages

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...constants import FPS
 from .rope import RefinerRope, apply_rope
 
 MASK_NEG = -3.0e4  # additive bias for padded history keys (finite so FP16 engines stay NaN-free)
@@ -103,7 +104,7 @@ class RefinerCore(nn.Module):
     ) + ("layers.*.ff.net.0.proj", "layers.*.ff.net.2")
     fp8_skip = ("proj_in", "proj_out", "time_embed.*", "caption_projection.*")
 
-    def __init__(self, transformer, fps: float = 16.0):
+    def __init__(self, transformer, fps: float = float(FPS)):
         super().__init__()
         cfg = transformer.config
         self.proj_in, self.proj_out = transformer.proj_in, transformer.proj_out

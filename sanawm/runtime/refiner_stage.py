@@ -25,41 +25,17 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..constants import REFINER_CAPTURE, REFINER_ENGINES, REFINER_SINK, REFINER_STEP, STAGE_2_SIGMAS
+from ..constants import REFINER_CAPTURE, REFINER_ENGINES, REFINER_SINK, REFINER_STEP
+from ..refiner_layout import RefinerLayout
 from .chunk import Chunk, state_pairs
 
 DEFAULT_REFINER_SEED = 42  # the release's --refiner_seed default
 REBUILD = f"rebuild them with `sanawm-export ... --engines {','.join(REFINER_ENGINES)}`"
-
-
-@dataclass(frozen=True)
-class RefinerLayoutInfo:
-    """What the stage needs besides the engines' shapes (the manifest's ``refiner`` section)."""
-
-    block_size: int = 3
-    kv_max_frames: int = 11
-    sink_frames: int = 1
-    sigmas: tuple[float, ...] = STAGE_2_SIGMAS
-    timestep_scale_multiplier: float = 1000.0
-
-    @classmethod
-    def from_manifest(cls, section: dict | None) -> "RefinerLayoutInfo":
-        if not section:
-            return cls()
-        lay = section.get("layout", section)
-        return cls(
-            block_size=int(lay.get("block_size", 3)),
-            kv_max_frames=int(lay.get("kv_max_frames", 11)),
-            sink_frames=int(lay.get("sink_frames", 1)),
-            sigmas=tuple(float(s) for s in section.get("sigmas", STAGE_2_SIGMAS)),
-            timestep_scale_multiplier=float(section.get("timestep_scale_multiplier", 1000.0)),
-        )
 
 
 def _spec(ex, name: str):
@@ -113,13 +89,13 @@ class RefinerStage:
 
     name = "refiner"
 
-    def __init__(self, sink, step, capture, layout: RefinerLayoutInfo | dict | None = None, seed: int = DEFAULT_REFINER_SEED,
+    def __init__(self, sink, step, capture, layout: RefinerLayout | dict | None = None, seed: int = DEFAULT_REFINER_SEED,
                  noise: Sequence[np.ndarray] | None = None):
-        """``layout``: the manifest's ``refiner`` section (or a ``RefinerLayoutInfo``); shapes come from the
+        """``layout``: the manifest's ``refiner`` section (or a ``RefinerLayout``); shapes come from the
         engines and must agree with it. ``noise``: inject the per-block noise (block k -> [1, C, block, H, W]),
         e.g. the torch reference's, instead of drawing it (parity tests)."""
         self.sink, self.step, self.capture = sink, step, capture
-        info = layout if isinstance(layout, RefinerLayoutInfo) else RefinerLayoutInfo.from_manifest(layout)
+        info = layout if isinstance(layout, RefinerLayout) else RefinerLayout.from_manifest(layout)
         self.info = info
         lat = _spec(step, "latents")
         _, self.C, self.block, self.H, self.W = (int(d) for d in lat.shape)

@@ -20,13 +20,13 @@ inputs; RoPE cos/sin are computed in the graph with the same float32 operation o
 Layer maths reuses the diffusers block's submodules (linears, norms, FFN, tables); attention, RoPE and the
 K/V plumbing are written here.
 
-Modules by job: ``loading`` (configs, checkpoints), ``layout`` (graph shapes), ``rope``, ``layer`` (one layer
+Modules by job: ``loading`` (configs, checkpoints), ``rope``, ``layer`` (one layer
 and the stack), ``steps`` (the exported step modules and their I/O), ``stream`` (the torch AR loop).
 """
 
 from ...constants import STAGE_2_SIGMAS
 from .layer import MASK_NEG, RefinerCore, RefinerLayer
-from .layout import RefinerLayout
+from ...refiner_layout import RefinerLayout
 from .loading import load_refiner_transformer, make_tiny_refiner_transformer, tiny_refiner_config
 from .rope import RefinerRope, apply_rope
 from .steps import RefinerSinkCapture, RefinerStep, RefinerTextKV, refiner_io

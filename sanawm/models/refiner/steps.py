@@ -7,7 +7,7 @@ from torch import nn
 
 from ...spec import StepIO, TensorSpec
 from .layer import MASK_NEG, RefinerCore
-from .layout import RefinerLayout
+from ...refiner_layout import RefinerLayout
 from .rope import apply_rope
 
 def _layer_names(i: int) -> tuple[str, str, str, str]:

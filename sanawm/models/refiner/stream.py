@@ -8,7 +8,7 @@ import torch
 
 from ...constants import STAGE_2_SIGMAS
 from .layer import RefinerCore
-from .layout import RefinerLayout
+from ...refiner_layout import RefinerLayout
 from .steps import RefinerSinkCapture, RefinerStep, RefinerTextKV
 
 def empty_history(core: RefinerCore, layout: RefinerLayout, device=None):

@@ -20,7 +20,9 @@ import numpy as np
 
 from .frames import to_uint8
 from ..engines.host import bound
-from .stages import DECODER_ENGINES, TEMPORAL_STRIDE, Chunk, _state_pairs
+from ..constants import TEMPORAL_STRIDE
+from ..constants import VAE_DECODER_ENGINES as DECODER_ENGINES
+from .chunk import Chunk, state_pairs
 REBUILD = f"rebuild both with `sanawm-export ... --engines {','.join(DECODER_ENGINES)}`"
 
 
@@ -43,7 +45,7 @@ class DecoderStage:
         self._next_specs = {t.name: t for t in next_.inputs if t.name != "latents"}
         self._maps = {}
         for ex in (first, next_):
-            pairs = {o: i for o, i in _state_pairs(ex, self._next_specs).items() if i in self._next_specs}
+            pairs = {o: i for o, i in state_pairs(ex, self._next_specs).items() if i in self._next_specs}
             unfed = sorted(set(self._next_specs) - set(pairs.values()))
             if unfed:
                 raise ValueError(

@@ -17,50 +17,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .frames import to_uint8
-
-
-class Chunk:
-    """One streamed chunk. Latent frames [start, end) of the clip; chunk 0 includes the condition frame.
-
-    ``latents`` / ``refined`` are host arrays read out of the session pool on first access only: stages that
-    run where the engines run pass ``latents_buffer`` / ``refined_buffer`` on without a host round trip.
-    """
-
-    def __init__(self, index: int, start: int, end: int, latents=None, *, buffer=None, refined=None, frames=None,
-                 timings: dict | None = None):
-        self.index, self.start, self.end = index, start, end
-        self._latents = None if latents is None else np.asarray(latents)
-        self.latents_buffer = buffer  # sanawm.engines.memory.Buffer of the stage-1 clean latents, if any
-        self._refined = refined
-        self.refined_buffer = None  # set when the refined latents live in a pool buffer
-        self.frames: np.ndarray | None = frames  # [F, H, W, 3] uint8 (chunk 0 without the condition frame)
-        self.timings: dict = dict(timings or {})  # stage name -> seconds
-
-    @property
-    def latents(self) -> np.ndarray:
-        """[1, C, n, H, W] stage-1 clean latents (host)."""
-        if self._latents is None and self.latents_buffer is not None:
-            self._latents = self.latents_buffer.memory.download(self.latents_buffer)
-        return self._latents
-
-    @property
-    def refined(self) -> np.ndarray | None:
-        """[1, C, n, H, W] latents after the refiner (host); the stage-1 latents when it was skipped."""
-        if self._refined is None and self.refined_buffer is not None:
-            if self.refined_buffer is self.latents_buffer:  # refiner skipped: the same tensor, read once
-                return self.latents
-            self._refined = self.refined_buffer.memory.download(self.refined_buffer)
-        return self._refined
-
-    @refined.setter
-    def refined(self, value) -> None:
-        self._refined = value
-        self.refined_buffer = None
-
-    @property
-    def num_frames(self) -> int:
-        return 0 if self.frames is None else int(self.frames.shape[0])
+from ..constants import REFINER_ENGINES, VAE_DECODER_FIRST, VAE_DECODER_NEXT
+from ..constants import VAE_DECODER_ENGINES as DECODER_ENGINES
+from .chunk import Chunk, state_pairs
 
 
 class Stage(Protocol):
@@ -80,7 +39,7 @@ class PassThroughRefiner:
 
     def process(self, chunk: Chunk) -> Chunk:
         if chunk.latents_buffer is not None:  # stays where it is: no host round trip
-            chunk._refined, chunk.refined_buffer = None, chunk.latents_buffer
+            chunk.pass_through()
         else:
             chunk.refined = chunk.latents
         return chunk
@@ -91,19 +50,6 @@ class PassThroughRefiner:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if state:
             raise ValueError(f"pass-through refiner carries no state; the saved session has {sorted(state)}")
-
-
-def _state_pairs(executor, targets=None) -> dict[str, str]:
-    """output -> input state chaining: the manifest's ``state_map``, else every ``X.out`` output feeding ``X``
-    among ``targets`` (default: the executor's own inputs; for a first graph, the next graph's inputs)."""
-    sm = dict(getattr(executor, "state_map", None) or {})
-    if sm:
-        return sm
-    ins = set(targets) if targets is not None else {t.name for t in executor.inputs}
-    return {t.name: t.name[:-4] for t in executor.outputs if t.name.endswith(".out") and t.name[:-4] in ins}
-
-
-TEMPORAL_STRIDE = 8  # pixel frames per latent frame (LTX-2 VAE)
 
 
 class FirstFrameEncoder:
@@ -176,9 +122,7 @@ def _refiner_stage(executors: dict, **options) -> Stage:
 
 
 # Refiner implementations by engine set: factory(executors, **refiner_options) -> Stage
-REFINER_ENGINES = ("refiner_sink", "refiner_step", "refiner_capture")
 REFINER_FACTORIES: dict[frozenset, Callable[..., Stage]] = {frozenset(REFINER_ENGINES): _refiner_stage}
-DECODER_ENGINES = ("vae_decoder_first", "vae_decoder_next")
 
 
 def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | None = None, memory=None) -> list[Stage]:
@@ -202,11 +146,11 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
             stages.append(factory(executors, **(refiner_options or {})))
     else:
         stages.append(PassThroughRefiner())
-    from .decoder import DecoderStage  # decoder.py builds on Chunk: imported here, no cycle
+    from .decoder import DecoderStage  # decoder.py builds on this module's helpers: imported here, no cycle
 
     have_dec = [n for n in DECODER_ENGINES if n in executors]
     if len(have_dec) == 2:
-        stages.append(DecoderStage(executors["vae_decoder_first"], executors["vae_decoder_next"], memory=memory))
+        stages.append(DecoderStage(executors[VAE_DECODER_FIRST], executors[VAE_DECODER_NEXT], memory=memory))
     elif have_dec:
         raise ValueError(f"bundle has {have_dec} but not both of {list(DECODER_ENGINES)}; rebuild the VAE engines")
     return stages

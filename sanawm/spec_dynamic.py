@@ -17,17 +17,15 @@ in the softmax, so the call equals the old ``generator_first`` graph. ``resolve_
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from .config import GeneratorConfig
-from .spec import StepIO, TensorSpec, generator_step_io, max_window_frames
+from .spec import StepIO, TensorSpec, generator_engine_io, max_window_frames
+from .spec import resolve_dim as _resolve
 
 FRAME_DIM = "n"
 # inputs whose frame axis is symbolic, and which axis (the TensorRT profile sets exactly these)
 FRAME_AXES = {"latents": 2, "timestep": 1, "frame_index": 0, "camera": 1, "plucker": 2}
-_DIM_RE = re.compile(r"^n(?:\*(\d+))?$")
 
 
 def frame_counts(cfg: GeneratorConfig) -> tuple[int, ...]:
@@ -42,37 +40,17 @@ def frame_bounds(cfg: GeneratorConfig) -> dict[str, tuple[int, int]]:
 
 
 def generator_step_io_dynamic(cfg: GeneratorConfig) -> StepIO:
-    """The fixed ``next`` contract with the frame axis made symbolic (see module docstring)."""
+    """The fixed ``next`` contract with the frame axis made symbolic (see module docstring): the one generator
+    engine's contract without its Euler input/output (``sanawm.spec.generator_engine_io``)."""
     if max_window_frames(cfg) == 0:
         raise ValueError("the dynamic generator graph masks a softmax window for chunk 0; this config has no "
                          "window (num_cached_chunks = 0): export the fixed first/next graphs instead")
-    ref = generator_step_io(cfg, first=False)
-    n, S = cfg.chunk_size, cfg.patch_tokens
-
-    def sym(t: TensorSpec, is_input: bool) -> TensorSpec:
-        if is_input and t.name in FRAME_AXES:
-            shape = list(t.shape)
-            shape[FRAME_AXES[t.name]] = FRAME_DIM
-            return TensorSpec(t.name, t.dtype, tuple(shape), t.doc)
-        if not is_input and t.name == "velocity":
-            return TensorSpec(t.name, t.dtype, (t.shape[0], t.shape[1], FRAME_DIM, *t.shape[3:]), t.doc)
-        if not is_input and t.name.endswith("_chunk"):
-            assert t.shape[2] == n * S, (t.name, t.shape)
-            return TensorSpec(t.name, t.dtype, (t.shape[0], t.shape[1], f"{FRAME_DIM}*{S}", t.shape[3]), t.doc)
-        return t
-
-    return StepIO(tuple(sym(t, True) for t in ref.inputs), tuple(sym(t, False) for t in ref.outputs),
-                  dict(ref.state_map))
+    return generator_engine_io(cfg, euler=False)
 
 
 def resolve_dim(d: int | str, n: int) -> int:
-    """An int dim as is; ``"n"`` -> n; ``"n*K"`` -> n * K."""
-    if isinstance(d, int):
-        return d
-    m = _DIM_RE.match(d)
-    if not m:
-        raise ValueError(f"unknown symbolic dim {d!r}: only 'n' and 'n*<int>' are defined (sanawm.spec_dynamic)")
-    return n * int(m.group(1) or 1)
+    """An int dim as is; ``"n"`` -> n; ``"n*K"`` -> n * K (``sanawm.spec.resolve_dim`` at ``{"n": n}``)."""
+    return _resolve(d, {FRAME_DIM: n})
 
 
 def resolve_io(io: StepIO, n: int) -> StepIO:

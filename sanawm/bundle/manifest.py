@@ -49,6 +49,11 @@ class EngineEntry:
         return list(self.raw.get("profiles", []))
 
     @property
+    def profile_dims(self) -> dict[str, dict[str, int]]:
+        """Named optimization profiles of a dynamic engine: name -> sizes of its symbolic dims, in plan order."""
+        return {p["name"]: dict(p["dims"]) for p in self.profiles if "name" in p}
+
+    @property
     def notes(self) -> str:
         return self.raw.get("notes", "")
 
@@ -233,6 +238,18 @@ class Bundle:
             names.add(t.name)
         ins = {t.name: t for t in e.inputs}
         outs = {t.name: t for t in e.outputs}
+        dynamic = [t.name for t in e.inputs + e.outputs if t.is_dynamic]
+        if dynamic:
+            if not e.profile_dims:
+                raise BundleError(f"engine {e.name!r}: tensors {dynamic[:3]} have symbolic dims but the manifest names "
+                                  f"no profiles; rebuild: `{self.rebuild_command(e.name)}`", e.name)
+            for prof, dims in e.profile_dims.items():
+                try:
+                    for t in e.inputs + e.outputs:
+                        t.concrete(dims)
+                except ValueError as err:
+                    raise BundleError(f"engine {e.name!r}, profile {prof!r}: {err}; rebuild: "
+                                      f"`{self.rebuild_command(e.name)}`", e.name) from None
         for o, i in e.state_map.items():
             if o not in outs or i not in ins:
                 raise BundleError(

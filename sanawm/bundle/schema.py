@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one engine per weight set (the generator serves both chunk lengths by profiles)
 MANIFEST_NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt_rtx")
 PLAN_BACKENDS = ("tensorrt", "tensorrt_rtx")

@@ -49,7 +49,7 @@ def torch_dynamic_shapes(io: StepIO, dims: Mapping[str, tuple[int, int]]) -> dic
 def dynamic_sample_feeds(cfg, n: int, seed: int, masked: bool | None = None, chunk: int = 2) -> dict[str, np.ndarray]:
     """Feeds of the dynamic graph at ``n`` frames. ``masked`` (default: n is the first chunk's length): chunk 0,
     the all-masked window; otherwise chunk ``chunk`` with the half-filled random window of ``generator_feeds``."""
-    from .cli import generator_feeds
+    from .families.generator import generator_feeds
 
     first = n == cfg.first_chunk_size if masked is None else masked
     if first:

@@ -79,7 +79,8 @@ def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict
         facts["fp16_layers"] = hrep.layers
         facts["fp16_max_activation"] = hrep.max_activation
     sample = job.sample() if callable(job.sample) else job.sample
-    res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample)
+    checks = [job.profile_samples(p) for p in job.profiles] if job.profiles else None
+    res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample, dims=job.dims, check_inputs=checks)
     log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
     facts["ort_check_rel_error"] = res.max_rel_error
     # FP16: a 1-ulp FP32 difference before a Cast moves the FP16 value by one FP16 ulp (2^-11 relative),
@@ -92,7 +93,8 @@ def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict
         from .onnx import random_inputs
 
         try:
-            chk = fp8_layer_check(module, job.io, art.onnx, sample if sample is not None else random_inputs(job.io))
+            io = job.io.concrete(job.profiles["next"]) if job.profiles else job.io
+            chk = fp8_layer_check(module, io, art.onnx, sample if sample is not None else random_inputs(job.io))
             err, what = max(chk["forced"].values()), "teacher-forced FP8 rel err"
             facts["ort_check_fp8_forced_rel_error"] = err
         except AmbiguousTaps:  # a layer runs twice per call: keep the free-running check, FP8-level bound
@@ -119,10 +121,16 @@ def build_plans(w, job: EngineJob, a) -> None:
         if stream:
             bkey["weight_streaming"] = True
 
-        def build(art, b=b, targets=targets, stream=stream):
+        profiles = None
+        if job.profiles:  # one optimization profile per call shape, in the manifest's profile order
+            profiles = [{t.name: (t.shape,) * 3 for t in job.io.concrete(dims).inputs
+                         if next(x for x in job.io.inputs if x.name == t.name).is_dynamic}
+                        for dims in job.profiles.values()]
+
+        def build(art, b=b, targets=targets, stream=stream, profiles=profiles):
             return build_engine(art.onnx, art.plan(b), backend=b, optimization_level=a.opt_level,
                                 timing_cache=a.timing_cache, compute_capabilities=targets,
-                                weight_streaming=stream).build
+                                weight_streaming=stream, profiles=profiles).build
 
         w.stage_plan(job.name, b, bkey, build)
 
@@ -154,7 +162,9 @@ def run_export(a) -> Path:
         }
     for job in jobs:
         precision = job.precision or a.precision
-        w.engine(job.name, kind=job.kind, io=job.io, precision=precision, notes=job.notes, chains_to=job.chains_to)
+        profiles = [{"name": k, "dims": v} for k, v in (job.profiles or {}).items()]
+        w.engine(job.name, kind=job.kind, io=job.io, precision=precision, notes=job.notes, chains_to=job.chains_to,
+                 profiles=profiles)
         if job.key is not None:  # VAE: its own weights; the generator checkpoint does not matter
             key = {**job.key, "engine": job.name, "precision": precision, "opset": opset, "sanawm": __version__}
         else:

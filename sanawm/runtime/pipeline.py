@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import GeneratorConfig, StreamingSchedule
-from ..constants import GENERATOR, GENERATOR_ENGINES, GENERATOR_FIRST, GENERATOR_NEXT, VAE_ENCODER
+from ..constants import GENERATOR, GENERATOR_FIRST, GENERATOR_NEXT, VAE_ENCODER
 from .frames import from_uint8
 from .scheduler import Executor, GeneratorRunner
 from .stages import DECODER_ENGINES, REFINER_ENGINES, FirstFrameEncoder, Stage, build_stages
@@ -58,7 +58,7 @@ class Runtime:
         refiner_layout: dict | None = None,
         refiner_seed: int = 42,
     ):
-        missing = [] if GENERATOR in executors else [n for n in GENERATOR_ENGINES if n not in executors]
+        missing = [] if GENERATOR in executors else [n for n in (GENERATOR_FIRST, GENERATOR_NEXT) if n not in executors]
         if missing:
             raise ValueError(
                 f"bundle{' ' + source if source else ''} has no {missing} engine(s); the generator is required: "

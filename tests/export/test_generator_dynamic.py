@@ -25,7 +25,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from sanawm.config import StreamingSchedule, tiny  # noqa: E402
 from sanawm.export.blocks import fp8_layer_check, randomize_  # noqa: E402
-from sanawm.export.cli import generator_calibration  # noqa: E402
+from sanawm.export.families.generator import generator_calibration  # noqa: E402
 from sanawm.export.dynamic import dynamic_sample_feeds, export_generator_dynamic  # noqa: E402
 from sanawm.export.onnx import run_onnx_cpu, run_torch  # noqa: E402
 from sanawm.export.quantize import quantize_fp8  # noqa: E402

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from ...constants import GENERATOR_FIRST
+from ...constants import GENERATOR
 from ..job import EngineJob
 
 log = logging.getLogger("sanawm.export")
@@ -53,10 +53,11 @@ def generator_feeds(cfg, first: bool, seed: int, t: float = 960.0, chunk: int | 
     return feeds
 
 
-def generator_calibration(cfg, first: bool, chunks: int, seed: int = 1234) -> Callable:
-    """Calibration loop for a quantized GeneratorStep: ``chunks`` chunks of a streaming run, every
-    denoising timestep and the t = 0 cache pass, state chained through the cache passes. For the
-    ``next`` engine, chunk 0 runs through the first graph with calibration paused."""
+def generator_calibration(cfg, first: bool | None, chunks: int, seed: int = 1234) -> Callable:
+    """Calibration loop for a quantized generator step: ``chunks`` chunks of a streaming run, every
+    denoising timestep and the t = 0 cache pass, state chained through the cache passes. ``first=True``:
+    chunk 0 of ``chunks`` clips; ``first=False``: chunks 1..chunks, chunk 0 run with calibration paused;
+    ``first=None`` (the one ``generator`` engine, both profiles): chunks 0..chunks of one clip, all calibrated."""
     import torch
 
     from ...config import StreamingSchedule
@@ -64,7 +65,7 @@ def generator_calibration(cfg, first: bool, chunks: int, seed: int = 1234) -> Ca
     from ..quantize import quantizers
 
     def loop(qstep) -> None:
-        model = qstep.model
+        model = qstep.model if hasattr(qstep, "model") else qstep.step.model  # GeneratorStep or GeneratorEngine
         steps = {True: GeneratorStep(model, True), False: GeneratorStep(model, False)}
         qs = quantizers(qstep).values()
         state: dict = {}
@@ -74,7 +75,7 @@ def generator_calibration(cfg, first: bool, chunks: int, seed: int = 1234) -> Ca
         for c, k in runs:
             is_first = c == 0
             for m in qs:
-                m.mode = "float" if (is_first and not first) else "calib"
+                m.mode = "float" if (is_first and first is False) else "calib"
             if is_first:
                 state, chunk_kv = {}, {}
             step = steps[is_first]
@@ -104,21 +105,37 @@ def generator_calibration(cfg, first: bool, chunks: int, seed: int = 1234) -> Ca
     return loop
 
 
-def generator_jobs(cfg, model, names, calib_chunks: int) -> list[EngineJob]:
-    from ...models.generator_step import GeneratorStep
-    from ..onnx import FIXED_SHAPE_NOTE
+def generator_engine_feeds(cfg, profile: str, seed: int) -> dict[str, np.ndarray]:
+    """Feeds of the one generator engine at ``profile``: chunk 0 with an all-masked window ("first"), or a
+    later chunk with a half-filled window ("next"); ``dt`` of the first denoising step."""
+    from ...runtime.scheduler import euler_dt
+    from ...spec_dynamic import masked_window_feeds
 
-    jobs = []
-    for name in names:
-        first = name == GENERATOR_FIRST
-        step = GeneratorStep(model, first).eval()
-        jobs.append(
-            EngineJob(
-                name, "generator_step", step, step.io, generator_calibration(cfg, first, calib_chunks),
-                generator_feeds(cfg, first, seed=7), f"{'first' if first else 'later'} chunk graph; {FIXED_SHAPE_NOTE}",
-            )
-        )
-    return jobs
+    first = profile == "first"
+    f = generator_feeds(cfg, first, seed=seed)
+    if first:
+        f.update(masked_window_feeds(cfg))
+    f["dt"] = euler_dt(f["timestep"][0], (960.0 / 1000.0, 0.0))[None].astype(np.float32)
+    return f
+
+
+def generator_jobs(cfg, model, names, calib_chunks: int) -> list[EngineJob]:
+    """The one ``generator`` engine: both chunk lengths (profiles ``first`` / ``next``), Euler step inside."""
+    from ...models.generator_engine import GeneratorEngine
+    from ...spec import generator_profiles
+    from ...spec_dynamic import frame_bounds
+
+    if list(names) != [GENERATOR]:
+        raise ValueError(f"the generator is one engine, {GENERATOR!r}; got {list(names)}")
+    module = GeneratorEngine(model).eval()
+    return [EngineJob(
+        GENERATOR, "generator_step", module, module.io, generator_calibration(cfg, None, calib_chunks),
+        lambda: generator_engine_feeds(cfg, "next", seed=7),
+        "one engine for both chunk lengths: symbolic frame axis n with one optimization profile per length "
+        "(first: condition frame + 3 with an all-masked window; next: 3); Euler step inside (dt in, latents.out out)",
+        profiles=generator_profiles(cfg), dims=frame_bounds(cfg),
+        profile_samples=lambda prof: generator_engine_feeds(cfg, prof, seed=11),
+    )]
 
 
 def load_generator_model(checkpoint, cfg, config_name: str, seed: int):

@@ -42,7 +42,7 @@ def bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("killbundle") / "bundle"
     cmd = [sys.executable, "-m", "sanawm.export.cli", "--random", "--seed", "3", "--config", "tiny",
            "--out", str(out), "--backends", "onnxruntime",
-           "--engines", "generator_first,generator_next"]
+           "--engines", "generator"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"export failed:\n{r.stderr[-3000:]}"
     return out

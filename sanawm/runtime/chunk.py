@@ -12,7 +12,9 @@ class Chunk:
     """One streamed chunk. Latent frames [start, end) of the clip; chunk 0 includes the condition frame.
 
     ``latents`` / ``refined`` are host arrays read out of the session pool on first access only: stages that
-    run where the engines run pass ``latents_buffer`` / ``refined_buffer`` on without a host round trip.
+    run where the engines run pass ``latents_buffer`` / ``refined_buffer`` on without a host round trip. The
+    pool is reused by the next chunk, so read them before the session produces the next chunk (or start the
+    session with ``keep_latents=True``); ``frames`` is always a host array.
     """
 
     def __init__(self, index: int, start: int, end: int, latents=None, *, buffer=None, refined=None, frames=None,
@@ -24,12 +26,26 @@ class Chunk:
         self.refined_buffer = None  # set when the refined latents live in a pool buffer
         self.frames: np.ndarray | None = frames  # [F, H, W, 3] uint8 (chunk 0 without the condition frame)
         self.timings: dict = dict(timings or {})  # stage name -> seconds
+        self._expired = False
+
+    def expire(self) -> None:
+        """The session is about to reuse the pool buffers: what was not read out is gone."""
+        self.latents_buffer = self.refined_buffer = None
+        self._expired = True
+
+    def _gone(self, what: str) -> RuntimeError:
+        return RuntimeError(
+            f"chunk {self.index}'s {what} lived in the engine's memory and the next chunk has reused it; read "
+            f"chunk.{what} inside the loop, before the next chunk, or start the session with keep_latents=True"
+        )
 
     @property
     def latents(self) -> np.ndarray:
         """[1, C, n, H, W] stage-1 clean latents (host)."""
         if self._latents is None and self.latents_buffer is not None:
             self._latents = self.latents_buffer.memory.download(self.latents_buffer)
+        if self._latents is None and self._expired:
+            raise self._gone("latents")
         return self._latents
 
     @property
@@ -39,6 +55,10 @@ class Chunk:
             if self.refined_buffer is self.latents_buffer:  # refiner skipped: the same tensor, read once
                 return self.latents
             self._refined = self.refined_buffer.memory.download(self.refined_buffer)
+        if self._refined is None and self._expired:
+            if self._latents is not None and self._passed_through:
+                return self._latents
+            raise self._gone("refined")
         return self._refined
 
     @refined.setter
@@ -49,6 +69,9 @@ class Chunk:
     def pass_through(self) -> None:
         """No refiner: the refined latents are the stage-1 latents, left where they are."""
         self._refined, self.refined_buffer = None, self.latents_buffer
+        self._passed_through = True
+
+    _passed_through = False
 
     @property
     def num_frames(self) -> int:

@@ -35,8 +35,11 @@ class Runtime:
 
     Args:
         cfg: the bundle's generator config.
-        executors: engine name -> executor (``sanawm.engines`` or any object with ``inputs/outputs/run``);
-            ``generator_first`` and ``generator_next`` are required, the rest optional.
+        executors: engine name -> executor (``sanawm.engines`` or any object with ``inputs/outputs/run``):
+            ``generator`` (or, for the torch reference and test fakes, ``generator_first`` and ``generator_next``)
+            is required, the rest optional.
+        memory: where the sessions' pools live (``Runtime.load`` passes the device memory of TensorRT engines;
+            default host memory).
         schedule: stage-1 timesteps (inject another for experiments / parity tests).
         refiner: False skips the refiner even when the bundle has one.
         refiner_layout: the manifest's ``refiner`` section (block size, history, sigmas, timestep scale); the
@@ -57,6 +60,7 @@ class Runtime:
         image_hw: tuple[int, int] | None = None,
         refiner_layout: dict | None = None,
         refiner_seed: int = 42,
+        memory=None,
     ):
         missing = [] if GENERATOR in executors else [n for n in (GENERATOR_FIRST, GENERATOR_NEXT) if n not in executors]
         if missing:
@@ -66,9 +70,11 @@ class Runtime:
             )
         self.cfg, self.executors, self.schedule, self.refiner, self.source = cfg, dict(executors), schedule, refiner, source
         if GENERATOR in executors:
-            self.generator = GeneratorRunner(cfg, executors[GENERATOR], schedule=schedule)
+            self.generator = GeneratorRunner(cfg, executors[GENERATOR], schedule=schedule, memory=memory)
         else:  # the torch reference / test fakes as two fixed-shape step functions
-            self.generator = GeneratorRunner(cfg, executors[GENERATOR_FIRST], executors[GENERATOR_NEXT], schedule)
+            self.generator = GeneratorRunner(cfg, executors[GENERATOR_FIRST], executors[GENERATOR_NEXT], schedule,
+                                             memory=memory)
+        self.bundle_id: str | None = None  # sha256 of the manifest when loaded from a bundle
         self.encoder = FirstFrameEncoder(executors[ENCODER_ENGINE]) if ENCODER_ENGINE in executors else None
         self.refiner_layout, self.refiner_seed = refiner_layout, int(refiner_seed)
         self._image_hw = self._resolve_image_hw(image_hw)
@@ -97,21 +103,28 @@ class Runtime:
              weight_streaming_budget=None, **options) -> "Runtime":
         """Open a bundle folder and load every engine it has for ``backend`` (options go to the executors).
 
+        Everything that can fail does so here, before any output exists: bundle validation (for TensorRT
+        backends against this machine's library version and GPU), plan deserialization, device memory for the
+        weights and the shared activation arena (``sanawm.runtime.loading``).
         ``refiner=False`` skips the refiner engines; ``refiner_seed`` seeds its per-block noise.
         ``weight_streaming_budget`` (TensorRT backends): bytes, a fraction in (0, 1] or ``"auto"`` of streamable
         weights kept on the device, for every engine whose plan was built with ``--weight-streaming``.
+        TensorRT options: ``use_cuda_graph`` (default True), ``runtime_cache_dir`` (TensorRT-RTX JIT cache).
         """
-        from ..bundle import Bundle
         from ..engines import load_executor
+        from .loading import activate_on_device, bundle_id, open_bundle, plan_options
 
-        bundle = Bundle.open(bundle_dir, backends=[backend])
+        bundle, env = open_bundle(bundle_dir, backend)
+        ident = bundle_id(bundle_dir)
         cfg = bundle.generator_config
         if cfg is None:
             raise ValueError(f"bundle {bundle_dir} has no generator_config in its manifest; rebuild it with sanawm-export")
         names = [n for n in (GENERATOR,) + OPTIONAL_ENGINES if n in bundle.engines]
         if not refiner:
             names = [n for n in names if n not in REFINER_ENGINES]
-        executors = {n: load_executor(bundle, n, backend, **engine_options(bundle, n, backend, options, weight_streaming_budget))
+        per = plan_options(names, backend, env, ident, options)
+        executors = {n: load_executor(bundle, n, backend, **per[n],
+                                      **engine_options(bundle, n, backend, options, weight_streaming_budget))
                      for n in names}
         if weight_streaming_budget is not None and not any(
             getattr(ex, "weight_streaming_budget", None) is not None for ex in executors.values()
@@ -125,10 +138,34 @@ class Runtime:
             chain = bundle.engine(n).raw.get("chains_to") or {}
             if chain.get("engine") in executors and chain.get("state_map"):
                 ex.state_map = {**ex.state_map, **chain["state_map"]}
+        memory = activate_on_device(executors, str(bundle_dir)) if env is not None else None
         vae = bundle.manifest.get("vae") or {}
         image_hw = tuple(vae["image_hw"]) if vae.get("image_hw") else None
-        return cls(cfg, executors, refiner=refiner, source=str(Path(bundle_dir)), image_hw=image_hw,
-                   refiner_layout=bundle.manifest.get("refiner"), refiner_seed=refiner_seed)
+        try:
+            rt = cls(cfg, executors, refiner=refiner, source=str(Path(bundle_dir)), image_hw=image_hw,
+                     refiner_layout=bundle.manifest.get("refiner"), refiner_seed=refiner_seed, memory=memory)
+        except BaseException:
+            if memory is not None:
+                memory.release()
+            raise
+        rt.bundle_id = ident
+        return rt
+
+    def close(self) -> None:
+        """Release every engine and the device memory (pools, arena, staging); the runtime is unusable after."""
+        for ex in self.executors.values():
+            close = getattr(ex, "close", None)
+            if close is not None:
+                close()
+        memory = getattr(self.generator, "memory", None)
+        if memory is not None:
+            memory.release()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ what the bundle offers
     @property
@@ -147,7 +184,8 @@ class Runtime:
 
     def new_stages(self) -> list[Stage]:
         return build_stages(self.executors, refiner=self.refiner,
-                            refiner_options={"layout": self.refiner_layout, "seed": self.refiner_seed})
+                            refiner_options={"layout": self.refiner_layout, "seed": self.refiner_seed},
+                            memory=self.generator.memory)
 
     def encode_first_frame(self, first_frame: np.ndarray) -> np.ndarray:
         """First frame -> condition latent [1, C, 1, H, W].
@@ -184,8 +222,10 @@ class Runtime:
             )
         return np.ascontiguousarray(lat)
 
-    def start(self, first_frame_or_latent, prompt_embeddings, camera, seed: int = 0, num_frames: int | None = None, *, noise=None):
+    def start(self, first_frame_or_latent, prompt_embeddings, camera, seed: int = 0, num_frames: int | None = None, *,
+              noise=None, keep_latents: bool = False):
         """Start a session; see ``Session.start``."""
         from .session import Session
 
-        return Session.start(self, first_frame_or_latent, prompt_embeddings, camera, seed=seed, num_frames=num_frames, noise=noise)
+        return Session.start(self, first_frame_or_latent, prompt_embeddings, camera, seed=seed, num_frames=num_frames,
+                             noise=noise, keep_latents=keep_latents)

@@ -29,7 +29,7 @@ from .scheduler import Conditioning
 from .stages import Chunk, timed
 
 FORMAT = "sanawm-session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the generator pool (ping-pong state, window ring) and the bundle identity
 HEADER_KEY = "header.json"  # the JSON header, stored as uint8 bytes inside the .npz
 
 
@@ -61,17 +61,20 @@ def _coerce_camera(camera, cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray
 class Session:
     """A generation in progress. Create with ``Runtime.start`` or ``Session.resume``."""
 
-    def __init__(self, runtime, cond: Conditioning, noise: NoiseSource, seed: int):
+    def __init__(self, runtime, cond: Conditioning, noise: NoiseSource, seed: int, keep_latents: bool = False):
         self.runtime = runtime
         self.cfg: GeneratorConfig = runtime.cfg
         self.cond, self.noise, self.seed = cond, noise, int(seed)
         self.generator_state = runtime.generator.new_state()
         self.stages = runtime.new_stages()
+        self.keep_latents = keep_latents  # read every chunk's latents out of the pool (costs a download per chunk)
+        self._last: Chunk | None = None
         self.cfg.chunk_bounds(cond.num_latent_frames)  # validates the length now, not mid-run
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def start(cls, runtime, first_frame_or_latent, prompt_embeddings, camera, seed: int = 0, num_frames=None, noise=None):
+    def start(cls, runtime, first_frame_or_latent, prompt_embeddings, camera, seed: int = 0, num_frames=None, noise=None,
+              keep_latents: bool = False):
         """Start a generation.
 
         Args:
@@ -84,6 +87,8 @@ class Session:
             seed: clip noise seed (numpy PCG64; not bit-identical to the torch release, see runtime.noise).
             num_frames: video frames F (8 (T - 1) + 1, T = 4 + 3k); default: the camera path's length.
             noise: inject the clip noise [1, C, T, H, W] (e.g. the torch reference's) instead of drawing it.
+            keep_latents: keep every chunk's latents readable after the next chunk (one download per chunk);
+                by default they stay in the engine's memory and are readable until the next chunk runs.
         """
         cfg = runtime.cfg
         latent = runtime.encode_first_frame(first_frame_or_latent)
@@ -106,7 +111,7 @@ class Session:
             cam, pl = cam[:T], pl[:, :T]
         cond = Conditioning(latent, prompt.text, prompt.text_mask, np.ascontiguousarray(cam), np.ascontiguousarray(pl))
         src = NoiseSource.from_array(noise) if noise is not None else NoiseSource(seed, (cfg.in_channels, cfg.latent_height, cfg.latent_width))
-        s = cls(runtime, cond, src, seed)
+        s = cls(runtime, cond, src, seed, keep_latents=keep_latents)
         refiners = [st for st in s.stages if hasattr(st, "set_text")]
         if refiners:  # the refiner's own prompt (refiner.features / refiner.mask); zeros with a warning otherwise
             from .refiner_stage import refiner_text_from
@@ -157,10 +162,15 @@ class Session:
         c = self.next_chunk
         s, e = self.bounds[c]
         t0 = time.perf_counter()
+        if self._last is not None:
+            self._last.expire()  # the pool's latents buffers are about to be reused
         res = self.runtime.generator.run_chunk(c, s, e, self.noise.take(s, e), self.cond, self.generator_state)
         chunk = Chunk(c, s, e, buffer=res.buffer, timings={"generator": time.perf_counter() - t0})
         for stage in self.stages:
             chunk = timed(stage, chunk)
+        if self.keep_latents:
+            chunk.latents, chunk.refined  # noqa: B018 - read them out now
+        self._last = chunk
         return chunk
 
     def extend_camera(self, camera) -> None:
@@ -207,6 +217,7 @@ class Session:
             "noise": noise["meta"],
             "stages": [st.name for st in self.stages],
             "bundle": self.runtime.source,
+            "bundle_id": getattr(self.runtime, "bundle_id", None),
         }
         arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         path = Path(path)
@@ -222,7 +233,7 @@ class Session:
             return json.loads(bytes(z[HEADER_KEY]).decode())
 
     @classmethod
-    def resume(cls, path, runtime) -> "Session":
+    def resume(cls, path, runtime, keep_latents: bool = False) -> "Session":
         """Continue a saved session on ``runtime`` (same bundle config); gives the chunks an uninterrupted run would."""
         try:
             z = np.load(path, allow_pickle=False)
@@ -234,7 +245,14 @@ class Session:
             header = json.loads(bytes(z[HEADER_KEY]).decode())
             arrays = {k: z[k] for k in z.files if k != HEADER_KEY}
         if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported session format {header.get('format')} v{header.get('format_version')}")
+            raise ValueError(f"{path}: unsupported session format {header.get('format')} v{header.get('format_version')} "
+                             f"(this sanawm reads v{FORMAT_VERSION}); start the session again with this sanawm")
+        mine, theirs = getattr(runtime, "bundle_id", None), header.get("bundle_id")
+        if mine and theirs and mine != theirs:
+            raise ValueError(
+                f"{path} was saved with another bundle ({header.get('bundle')}, manifest sha256 {theirs[:12]}...) than "
+                f"this runtime's ({runtime.source}, {mine[:12]}...); resume it with the bundle it was saved with"
+            )
         if header["generator_config"] != runtime.cfg.to_dict():
             raise ValueError(f"{path} was saved with a different generator config than this bundle's; resume with the same bundle")
         if [float(t) for t in header["timesteps"]] != [float(t) for t in runtime.schedule.timesteps]:
@@ -243,7 +261,7 @@ class Session:
         c = sub("cond/")
         cond = Conditioning(c["condition_latent"], c["text"], c["text_mask"], c["camera"], c["plucker"])
         noise = NoiseSource.from_state_dict({"meta": header["noise"], "arrays": sub("noise/")})
-        s = cls(runtime, cond, noise, header["seed"])
+        s = cls(runtime, cond, noise, header["seed"], keep_latents=keep_latents)
         s.generator_state.load_state_dict(sub("generator/"))
         names = [st.name for st in s.stages]
         if names != header["stages"]:

@@ -90,9 +90,9 @@ def test_cli_tiny_generator_fp16_onnxruntime(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "gen"
     assert main(["--checkpoint", "tiny", "--out", "gen", "--backend", "onnx", "--precision", "fp16",
-                 "--engines", "generator_first,generator_next"]) == 0
+                 "--engines", "generator"]) == 0
     b = Bundle.open(out)
-    assert set(b.engines) == {"generator_first", "generator_next"}
+    assert set(b.engines) == {"generator"}
     assert b.generator_config.num_layers == 4
     for name in b.engines:
         f = b.engine(name).files["onnx"]

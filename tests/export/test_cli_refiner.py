@@ -134,8 +134,8 @@ def test_default_engines_and_flags():
     assert not any(e in parse_args(["--checkpoint", "c.pth", "--out", "x"]).engines for e in REFINER_ENGINES)
     a = parse_args(["--random", "--out", "x", "--backends", "onnxruntime,tensorrt_rtx", "--weight-streaming"])
     assert a.weight_streaming == list(REFINER_ENGINES)
-    a = parse_args(["--random", "--out", "x", "--backends", "tensorrt", "--weight-streaming", "generator_next"])
-    assert a.weight_streaming == ["generator_next"]
+    a = parse_args(["--random", "--out", "x", "--backends", "tensorrt", "--weight-streaming", "generator"])
+    assert a.weight_streaming == ["generator"]
     for bad in (["--checkpoint", "c.pth", "--out", "x", "--engines", "refiner_step"],  # no refiner weights
                 ["--random", "--out", "x", "--no-refiner", "--engines", "refiner_step"],
                 ["--random", "--out", "x", "--weight-streaming"],  # onnxruntime only: nothing to stream
@@ -218,7 +218,7 @@ def test_runtime_load_uses_the_refiner_unless_disabled(tmp_path, bundle_dir):
     out = tmp_path / "b"
     shutil.copytree(bundle_dir, out)
     assert main(["--random", "--config", "tiny", "--seed", str(SEED), "--out", str(out), "--backends", "onnxruntime",
-                 "--engines", "generator_first,generator_next"]) == 0
+                 "--engines", "generator"]) == 0
     b = Bundle.open(out)
     assert set(REFINER_ENGINES) <= set(b.engines) and b.manifest["refiner"]["layout"]["block_size"] == 3
     rt = Runtime.load(out, "onnxruntime", refiner_seed=9)

@@ -228,7 +228,7 @@ def prompt(with_refiner=True):
 
 def start(rt, with_refiner=True):
     lat = np.random.default_rng(3).standard_normal((1, C, 1, H, W)).astype(np.float32)
-    return rt.start(lat, prompt(with_refiner), camera(), seed=11)
+    return rt.start(lat, prompt(with_refiner), camera(), seed=11, keep_latents=True)
 
 
 def test_session_refines_and_refiner_false_passes_latents_through():
@@ -264,7 +264,7 @@ def test_session_save_resume_equals_uninterrupted_run(tmp_path, stop_after):
     p = s.save(tmp_path / "run.npz")
     hdr = Session.read_header(p)
     assert hdr["stages"] == ["refiner", "decoder"]
-    r = Session.resume(p, make_runtime())
+    r = Session.resume(p, make_runtime(), keep_latents=True)
     got += list(r)
     assert len(got) == len(want)
     for a, b in zip(want, got):

@@ -34,7 +34,24 @@ def make_runtime(decoder=True, **kw):
 
 
 def start(rt, **kw):
+    kw.setdefault("keep_latents", True)  # these tests read latents after the loop
     return rt.start(latent(), PromptEmbeddings.zeros(CFG), camera(), seed=11, **kw)
+
+
+def test_latents_live_in_the_pool_until_the_next_chunk():
+    """By default a chunk's latents stay where the engine ran and are read out only when asked, before the next
+    chunk reuses the pool; after that, reading them is a clear error (keep_latents=True reads them every chunk)."""
+    s = start(make_runtime(), keep_latents=False)
+    c0 = next(s)
+    memory = s.runtime.generator.memory
+    before = memory.traffic.d2h_bytes
+    first = c0.latents  # read inside the loop: one download
+    assert memory.traffic.d2h_bytes - before == first.nbytes
+    c1 = next(s)
+    np.testing.assert_array_equal(c0.latents, first)  # already read: still there
+    next(s)
+    with pytest.raises(RuntimeError, match="keep_latents=True"):
+        c1.latents  # noqa: B018 - never read before chunk 2 reused the pool
 
 
 def test_chunks_have_latents_frames_and_timings():
@@ -87,7 +104,7 @@ def test_save_resume_equals_uninterrupted_run(tmp_path, stop_after):
     part = [next(s) for _ in range(stop_after)]
     path = s.save(tmp_path / "run.npz")
     del s
-    resumed = Session.resume(path, make_runtime())  # a fresh runtime, as after a restart
+    resumed = Session.resume(path, make_runtime(), keep_latents=True)  # a fresh runtime, as after a restart
     assert resumed.next_chunk == stop_after
     rest = list(resumed)
     got = part + rest
@@ -131,8 +148,9 @@ def test_resume_refuses_another_config(tmp_path):
 
 def test_extend_camera_continues_the_clip_like_a_longer_run():
     cam, pl = camera(T=16)
-    long = list(make_runtime(decoder=False).start(latent(), PromptEmbeddings.zeros(CFG), (cam, pl), seed=11))
-    s = make_runtime(decoder=False).start(latent(), PromptEmbeddings.zeros(CFG), (cam[:13], pl[:, :13]), seed=11)
+    long = list(make_runtime(decoder=False).start(latent(), PromptEmbeddings.zeros(CFG), (cam, pl), seed=11, keep_latents=True))
+    s = make_runtime(decoder=False).start(latent(), PromptEmbeddings.zeros(CFG), (cam[:13], pl[:, :13]), seed=11,
+                                           keep_latents=True)
     got = list(s)
     assert len(got) == 4
     with pytest.raises(ValueError, match="multiple of 3"):

@@ -114,7 +114,7 @@ def latent(seed=3):
 
 
 def start(rt, first=None):
-    return rt.start(latent() if first is None else first, PromptEmbeddings.zeros(CFG), camera(), seed=11)
+    return rt.start(latent() if first is None else first, PromptEmbeddings.zeros(CFG), camera(), seed=11, keep_latents=True)
 
 
 # ------------------------------------------------------------------------------------------ decoder

@@ -67,12 +67,16 @@ class DecoderStage:
         self.parity = 0
         self.decoded = 0  # chunks decoded so far
         self._own = {}
+        shared: dict[tuple, object] = {}  # the two engines' same-shaped outputs share one buffer (frames)
         for ex in (first, next_):
             lat = next(t for t in ex.inputs if t.name == "latents")
             own = {"latents": memory.alloc_spec(lat, f"{ex.name}.latents")}
             for t in ex.outputs:
                 if t.name not in self._maps[ex.name]:
-                    own[t.name] = memory.alloc_spec(t, f"{ex.name}.{t.name}")
+                    key = (t.name, t.dtype, tuple(t.shape))
+                    if key not in shared:
+                        shared[key] = memory.alloc_spec(t, f"decoder.{t.name}")
+                    own[t.name] = shared[key]
             extra = [t for t in ex.inputs if t.name != "latents" and t.name not in self._next_specs]
             if extra:
                 raise ValueError(f"engine {ex.name}: inputs {[t.name for t in extra]} are neither latents nor caches; {REBUILD}")

@@ -57,7 +57,9 @@ def test_bundle_has_the_vae_engines_and_records_the_image_size(bundle_dir):
     assert vae["source"]["random_seed"] == 3
     first, nxt = b.engine("vae_decoder_first"), b.engine("vae_decoder_next")
     assert [t.name for t in first.inputs] == ["latents"] and first.inputs[0].shape == (1, 16, 4, 4, 6)
-    assert first.outputs[0].shape == nxt.outputs[0].shape == (1, 3, 24, 128, 192)
+    # frames leave the decoder engines as uint8 [F, H, W, 3] (converted in the graph)
+    assert first.outputs[0].shape == nxt.outputs[0].shape == (24, 128, 192, 3)
+    assert first.outputs[0].dtype == nxt.outputs[0].dtype == "uint8"
     caches = [t.name for t in nxt.inputs[1:]]
     assert caches and nxt.state_map == {f"{c}.out": c for c in caches}
     # the first graph takes no caches: its outputs feed the next graph, recorded under chains_to

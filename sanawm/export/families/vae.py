@@ -58,13 +58,14 @@ def check_vae_matches(vae, cfg, where: str) -> None:
 def vae_jobs(vae, cfg, names, key: dict) -> list[EngineJob]:
     """Export jobs of the VAE engines for the generator config's latent size (FP32, fixed shapes)."""
     from ...models.vae import VAEDecoderStep, VAEEncoderStep, vae_compression, vae_encoder_io
+    from ...models.vae.frames_out import Uint8Frames
     from ..onnx import FIXED_SHAPE_NOTE, random_inputs, run_torch
 
     s, _ = vae_compression(vae.config)
     lhw = (cfg.latent_height, cfg.latent_width)
     H, W = lhw[0] * s, lhw[1] * s
     jobs = []
-    first = VAEDecoderStep(vae, True, lhw).eval()
+    first = Uint8Frames(VAEDecoderStep(vae, True, lhw)).eval()  # frames leave the engine as uint8
     rng = np.random.default_rng(5)
     first_feeds = {"latents": rng.standard_normal(first.io.inputs[0].shape).astype(np.float32)}
     for name in names:
@@ -75,10 +76,10 @@ def vae_jobs(vae, cfg, names, key: dict) -> list[EngineJob]:
                                   f"first frame {W}x{H} -> normalised latent; {FIXED_SHAPE_NOTE}", VAE_PRECISION, key))
         elif name == VAE_DECODER_FIRST:
             jobs.append(EngineJob(name, "vae_decoder_step", first, first.io, None, first_feeds,
-                                  "chunk 0: 4 latent frames (condition + 3) -> 24 frames (condition frame dropped), "
+                                  "chunk 0: 4 latent frames (condition + 3) -> 24 uint8 frames (condition frame dropped), "
                                   f"no cache inputs; {FIXED_SHAPE_NOTE}", VAE_PRECISION, key, VAE_DECODER_NEXT))
         else:
-            nxt = VAEDecoderStep(vae, False, lhw).eval()
+            nxt = Uint8Frames(VAEDecoderStep(vae, False, lhw)).eval()
 
             def feeds(nxt=nxt) -> dict:
                 """Trace and check on the caches a real chunk 0 leaves behind (not random noise); made only when
@@ -89,7 +90,7 @@ def vae_jobs(vae, cfg, names, key: dict) -> list[EngineJob]:
                 return f
 
             jobs.append(EngineJob(name, "vae_decoder_step", nxt, nxt.io, None, feeds,
-                                  "later chunks: 3 latent frames + cache.{i} -> 24 frames + cache.{i}.out; "
+                                  "later chunks: 3 latent frames + cache.{i} -> 24 uint8 frames + cache.{i}.out; "
                                   f"{FIXED_SHAPE_NOTE}", VAE_PRECISION, key))
     return jobs
 

@@ -13,6 +13,7 @@ optimization profile per chunk length (``sanawm.spec_dynamic.trt_profiles``; ``b
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Mapping
 
@@ -23,9 +24,9 @@ from ..spec_dynamic import frame_bounds, frame_counts, masked_window_feeds, reso
 from .onnx import ExportError, ExportResult, export_onnx, run_torch
 
 
-def torch_dynamic_shapes(io: StepIO, dims: Mapping[str, tuple[int, int]]) -> dict:
-    """``dynamic_shapes`` for ``torch.onnx.export`` of a ``forward(*args)`` step: every string dim of an input
-    becomes the ``torch.export.Dim`` of that name with the bounds in ``dims``."""
+def torch_dynamic_shapes(module, io: StepIO, dims: Mapping[str, tuple[int, int]]) -> dict:
+    """``dynamic_shapes`` for ``torch.onnx.export`` of a step taking the ``io`` inputs positionally: every string
+    dim of an input becomes the ``torch.export.Dim`` of that name with the bounds in ``dims``."""
     import torch
 
     made: dict[str, object] = {}
@@ -43,7 +44,21 @@ def torch_dynamic_shapes(io: StepIO, dims: Mapping[str, tuple[int, int]]) -> dic
                 made[d] = torch.export.Dim(d, min=int(lo), max=int(hi))
             spec[axis] = made[d]
         specs.append(spec or None)
-    return {"args": tuple(specs)}
+    # torch.export matches dynamic_shapes to forward's signature: named parameters first, *args as one tuple
+    out: dict = {}
+    i = 0
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            rest = tuple(specs[i:])
+            out[p.name] = rest if any(r is not None for r in rest) else None  # (an all-None tuple is refused)
+            i = len(specs)
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and i < len(specs):
+            out[p.name] = specs[i]
+            i += 1
+    if i != len(specs):
+        raise ExportError(f"{type(module).__name__}.forward takes fewer positional tensors than the {len(specs)} inputs "
+                          "of its StepIO")
+    return out
 
 
 def dynamic_sample_feeds(cfg, n: int, seed: int, masked: bool | None = None, chunk: int = 2) -> dict[str, np.ndarray]:

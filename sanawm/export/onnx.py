@@ -147,7 +147,7 @@ def export_onnx(
         if sample_inputs is None:
             raise ExportError("export_onnx with symbolic dims needs sample_inputs (one concrete call); "
                               "build them with sanawm.spec_dynamic.resolve_io")
-        dynamic_shapes = torch_dynamic_shapes(io, dims or {})
+        dynamic_shapes = torch_dynamic_shapes(module, io, dims or {})
     feeds = sample_inputs if sample_inputs is not None else random_inputs(io, seed)
     in_names = [t.name for t in io.inputs]
     out_names = [t.name for t in io.outputs]

@@ -89,6 +89,11 @@ def test_contract_symbolic_frame_axis():
         # same tensors as the fixed graph of that length, plus the (masked) window inputs for chunk 0
         assert {k: v for k, v in got.items() if k in want} == want
         assert set(got) - set(want) == (set(masked_window_feeds(cfg)) if first else set())
+    from sanawm.export.dynamic import torch_dynamic_shapes
+    from sanawm.export.onnx import ExportError
+
+    with pytest.raises(ExportError, match="dims gives no bounds"):  # a symbolic dim needs its (min, max)
+        torch_dynamic_shapes(GeneratorStepDynamic(SanaWMGenerator(cfg)), io, {})
     p = trt_profiles(cfg)
     assert [x["latents"][0][2] for x in p] == [3, 4] and all(len(set(x["camera"])) == 1 for x in p)
 

@@ -106,6 +106,38 @@ def host_path_refiner(core, layout) -> dict:
             "history_fp32_bytes": sum(t.nbytes for t in io["capture"].outputs)}
 
 
+NVFP4_BYTES = 0.5 + 1 / 16  # 4-bit weights + one FP8 scale per 16 (block-scaled NVFP4)
+
+
+def what_if(run: dict, facts: dict, plans: dict) -> list[dict]:
+    """Arithmetic on the counted components of ``run`` (not a run): changes that shrink the device peak,
+    cumulative, in order of how little they change the design."""
+    g, v, r = facts["generator"], facts["vae_decoder"], facts["refiner"]
+    engines = run["engines"]
+    steps = []
+    if "vae_decoder" in engines:
+        others = [run["workspace_bytes"][e] for e in engines if e != "vae_decoder"]
+        per_frame = _align(v.calls["next_per_frame"].peak_live)
+        steps.append(("VAE decoder: one latent frame per call (the release decodes frame by frame with the cache)",
+                      run["arena_bytes"] - max(others + [per_frame])))
+        caches = [t.nbytes for t in plans["vae_decoder"].io.concrete({"n": 3}).inputs if t.name.startswith("cache.")]
+        steps.append(("VAE decoder caches: one copy + a scratch for the largest, instead of ping-pong",
+                      sum(caches) - max(caches)))
+    rest = (g.params - g.params_fp8) * 2 + (v.params * 2 if "vae_decoder" in engines else 0)
+    if "refiner" in engines:
+        rest += (r.params - r.params_fp8) * 2
+    steps.append(("parameters outside the FP8 layers (and the VAE) in BF16 instead of FP32", rest))
+    if "refiner" in engines:
+        scratch = sum(t.nbytes for t in plans["refiner"].io.concrete({"n": 3}).outputs if t.name.endswith("_chunk"))
+        steps.append(("refiner: K/V outputs bound straight into sink / history slot tensors (no scratch)", scratch))
+        steps.append(("refiner FP8 layers as NVFP4 (4-bit, FP8 scale per 16)", int(r.params_fp8 * (1 - NVFP4_BYTES))))
+    out, peak = [], run["device_peak_bytes"]
+    for what, saved in steps:
+        peak -= saved
+        out.append({"change": what, "saves_bytes": int(saved), "peak_after_bytes": int(peak)})
+    return out
+
+
 def machine() -> dict:
     import numpy
     import torch
@@ -132,6 +164,7 @@ def build(config: str, precision: str, kv_dtype: str, chunks: int, rest_bytes: i
         "runs": runs, "refiner_host_path": host_path_refiner(core, layout),
     }
     result["roofline"] = roofline(cfg, facts, plans, runs, layout)
+    result["what_if"] = {v: what_if(runs[v], facts, plans) for v in ("stage1+vae", "full")}
     result["targets"] = targets(result)
     return result
 

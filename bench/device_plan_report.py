@@ -81,6 +81,12 @@ def render(r: dict) -> str:
         else:
             L.append(f"  {name:<20} {ok}: {_m(t['steady_chunk_bytes'])} per steady chunk vs 64 MiB"
                      f" (decimal 64 MB: {'meets' if t['meets_decimal_64MB'] else 'misses'}); chunk 0 {_m(t['chunk0_bytes'])}")
+    for variant, steps in r.get("what_if", {}).items():
+        limit = TARGETS[variant][0]
+        L.append(f"  what-if for {variant} (arithmetic on the counted parts, cumulative, NOT run):")
+        for st in steps:
+            L.append(f"    -{_g(st['saves_bytes'])} -> {_g(st['peak_after_bytes'])} "
+                     f"({'fits' if st['peak_after_bytes'] <= limit else 'over'}): {st['change']}")
     rf = r["roofline"]
     L.append("")
     L.append("roofline PROJECTION per later chunk (floor = max(FLOPs/peak, bytes/bandwidth)):")

@@ -210,6 +210,9 @@ def run_pipeline(variant: str, cfg, plans: dict, chunks: int, refiner_layout=Non
         for n, e in engines.items():
             e.activate(mem[n], arena, arena_bytes)
         runner = GeneratorRunner(cfg, engines["generator"], memory=mem["generator"])
+        # the pool follows the planned contract (K/V windows at the plan's dtype); the runtime's own
+        # generator_engine_io is FP32 today, and run_bound checks shapes, not dtypes
+        runner.io = plans["generator"].io
         state = runner.new_state()
         dec = DecoderPool(engines["vae_decoder"], mem["vae_decoder"]) if "vae_decoder" in engines else None
         ref = (RefinerPool(engines["refiner"], mem["refiner"], refiner_layout, refiner_sigmas, rng)

@@ -120,3 +120,18 @@ def test_roofline_and_targets_are_derived_from_the_counts(plan):
     hp = plan["refiner_host_path"]["per_block"]
     dev = plan["runs"]["full"]["chunks"][1]["traffic"]["refiner"]
     assert hp["h2d"] > dev["h2d"]  # today's host path uploads the history on every call
+
+
+def test_generator_pool_follows_the_planned_kv_dtype(plan):
+    """State = two slots per chained tensor + the windows at the plan's K/V dtype (FP16 here)."""
+    from device_plan import with_kv_dtype
+
+    from sanawm.config import tiny
+    from sanawm.spec import generator_engine_io
+
+    io = with_kv_dtype(generator_engine_io(tiny()), "float16").concrete({"n": 4})
+    chained = set(io.state_map.values())
+    want = 2 * sum(t.nbytes for t in io.inputs if t.name in chained)
+    want += sum(t.nbytes for t in io.inputs if t.name.endswith("_win"))
+    for run in plan["runs"].values():
+        assert run["pool_by_kind"]["generator"]["state"] == want

@@ -163,7 +163,7 @@ def build(config: str, precision: str, kv_dtype: str, chunks: int, rest_bytes: i
         "plans": {k: {"weight_bytes": p.weight_bytes, "workspace": p.workspace, "profiles": p.profiles} for k, p in plans.items()},
         "runs": runs, "refiner_host_path": host_path_refiner(core, layout),
     }
-    result["roofline"] = roofline(cfg, facts, plans, runs, layout)
+    result["roofline"] = roofline(cfg, facts, plans)
     result["what_if"] = {v: what_if(runs[v], facts, plans) for v in ("stage1+vae", "full")}
     result["targets"] = targets(result)
     return result

@@ -131,7 +131,8 @@ def _meta_inputs(io) -> list:
     return [torch.zeros(t.shape, dtype=getattr(torch, t.dtype), device="meta") for t in io.inputs]
 
 
-def _param_split(module: torch.nn.Module, prefix_len: int = 0) -> tuple[int, int, int, list[str]]:
+def _param_split(module: torch.nn.Module) -> tuple[int, int, int, list[str]]:
+    """(all params, FP8 weight elements, FP8 output channels, FP8 module names) by the exporter's policy."""
     names = select_quantizable(module)
     mods = dict(module.named_modules())
     w = sum(mods[n].weight.numel() for n in names)
@@ -142,21 +143,18 @@ def _param_split(module: torch.nn.Module, prefix_len: int = 0) -> tuple[int, int
 def generator_facts(cfg) -> ModelFacts:
     from sanawm.models.generator_step import GeneratorStep
     from sanawm.models.transformer import SanaWMGenerator
-    from sanawm.spec import generator_profiles
+    from sanawm.spec import generator_profiles, generator_step_io, max_window_frames
 
     with torch.device("meta"):
         model = SanaWMGenerator(cfg)
     params, w, ch, names = _param_split(model)
     calls = {}
     for prof, dims in generator_profiles(cfg).items():
-        step = GeneratorStep(model, first=False) if prof == "next" else GeneratorStep(model, first=True)
-        # one engine: chunk 0 runs at profile "first" with the (masked) window bound, like "next"
-        step.has_window = max(cfg.num_cached_chunks, 0) > 0 if prof == "first" else step.has_window
-        if prof == "first":
-            from sanawm.spec import generator_step_io
-
+        step = GeneratorStep(model, first=prof == "first")
+        if prof == "first":  # one engine: chunk 0 runs with the (all-masked) window bound, like later chunks
             step.io = generator_step_io(cfg, first=True, window=True)
             step.input_names = tuple(t.name for t in step.io.inputs)
+            step.has_window = max_window_frames(cfg) > 0
         calls[prof] = profile_call(step, _meta_inputs(step.io), ["model." + n for n in names])
     return ModelFacts("generator", params, w, ch, calls)
 

@@ -30,7 +30,7 @@ def _io_bytes(io) -> int:
     return sum(t.nbytes for t in io.inputs) + sum(t.nbytes for t in io.outputs)
 
 
-def _calls(cfg, plans, layout) -> dict:
+def _calls() -> dict:
     """(profile facts key, engine profile, calls) per component for chunk 0 and a later chunk."""
     gen_passes = 5  # 4 denoise + the t = 0 commit pass (StreamingSchedule)
     steps = 3  # refiner sigmas (0.909375, 0.725, 0.421875) then the capture
@@ -42,8 +42,8 @@ def _calls(cfg, plans, layout) -> dict:
     }
 
 
-def roofline(cfg, facts, plans, runs, layout) -> dict:
-    calls = _calls(cfg, plans, layout)
+def roofline(cfg, facts, plans) -> dict:
+    calls = _calls()
     latent_frames = 1 + (CLIP_PIXEL_FRAMES - 1) // TEMPORAL
     n_chunks = len(cfg.chunk_bounds(latent_frames)) if cfg.latent_height >= 16 else None
     out = {"label": "projection", "gpus": GPUS, "per_chunk": {}, "clip": {}}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_plan_engines import decoder_engine_io, emulated_plan, refiner_engine_io
+from device_plan_engines import emulated_plan
 
 BACKEND = "tensorrt_rtx"
 HUGE = 1 << 50  # "device memory" of the counting device: never the limit; the plan reports what is used
@@ -224,7 +224,7 @@ def run_pipeline(variant: str, cfg, plans: dict, chunks: int, refiner_layout=Non
         cond = Conditioning(np.zeros((1, C, 1, H, W), np.float32), np.zeros((1, cfg.caption_length, cfg.caption_channels), np.float32),
                             np.ones((1, cfg.caption_length), np.float32), np.zeros((T, 20), np.float32),
                             np.zeros((cfg.plucker_channels, T, H, W), np.float32))
-        records, uploads = [], []
+        records = []
         bounds = cfg.chunk_bounds(T)
         for c, (s, e) in enumerate(bounds):
             for m in mem.values():

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from sanawm.config import full, tiny  # noqa: E402
 from sanawm.export.blocks import BlockStep, block_feeds, fp8_layer_check, randomize_  # noqa: E402
 from sanawm.export.build import build_engine  # noqa: E402
-from sanawm.export.cli import generator_calibration, generator_feeds  # noqa: E402
+from sanawm.export.families.generator import generator_calibration, generator_feeds  # noqa: E402
 from sanawm.export.half import convert_fp16  # noqa: E402
 from sanawm.export.onnx import export_onnx, run_onnx_cpu, run_torch  # noqa: E402
 from sanawm.export.quantize import quantize_fp8  # noqa: E402

@@ -29,8 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests" / "models"))  # OnnxStep is a test helper, not library code
+from refiner_harness import OnnxStep  # noqa: E402
+
 from sanawm.models.refiner import (  # noqa: E402
-    OnnxStep,
     RefinerCore,
     RefinerLayout,
     RefinerSinkCapture,

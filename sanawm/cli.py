@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-FPS = 16  # output video frame rate of SANA-WM
-TEMPORAL_STRIDE = 8
+from .constants import FPS, GENERATOR_ENGINES, TEMPORAL_STRIDE, VAE_ENGINES
+
 DEFAULT_HFOV_DEG = 60.0  # intrinsics when none are given: 60 degree horizontal field of view, centred
 
 
@@ -287,7 +287,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-DEMO_ENGINES = ("generator_first", "generator_next", "vae_encoder", "vae_decoder_first", "vae_decoder_next")
+DEMO_ENGINES = GENERATOR_ENGINES + VAE_ENGINES
 
 
 def demo_image(hw: tuple[int, int]) -> np.ndarray:

@@ -11,7 +11,7 @@ a CPU. Any other size can be built with ``GeneratorConfig(...)`` or ``dataclasse
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -200,13 +200,3 @@ class StreamingSchedule:
     def sigmas(self) -> tuple[float, ...]:
         """sigma_i = t_i / 1000, followed by the final 0."""
         return tuple(t / 1000.0 for t in self.timesteps) + (0.0,)
-
-
-@dataclass(frozen=True)
-class RefinerSchedule:
-    """Stage-2 distilled sigmas (STAGE_2_DISTILLED_SIGMA_VALUES) and AR block layout."""
-
-    sigmas: tuple[float, ...] = (0.909375, 0.725, 0.421875, 0.0)
-    block_size: int = 3
-    kv_max_frames: int = 11  # sink + history
-    extra: dict = field(default_factory=dict)

@@ -189,7 +189,6 @@ def generator_step_io(cfg: GeneratorConfig, first: bool, window: bool | None = N
     return StepIO(tuple(ins), tuple(outs), state_map)
 
 
-GENERATOR_ENGINE = "generator"
 # latents.out = latents + dt * velocity per frame: the Euler step runs inside the engine, so the chunk's
 # latents stay where the engine runs between the denoising passes (only dt [1, n] crosses per pass).
 EULER_INPUT, EULER_OUTPUT = "dt", "latents.out"

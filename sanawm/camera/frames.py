@@ -3,9 +3,9 @@ streaming runtime needs F = 24k + 1 so that T = 3k + 1 splits into chunks [0, 4,
 
 from __future__ import annotations
 
+from ..constants import TEMPORAL_STRIDE
 from .trajectory import CameraPath
 
-TEMPORAL_STRIDE = 8  # raw frames per latent frame (LTX-2 VAE)
 STREAMING_BLOCK = 3  # latent frames per streaming chunk after the first
 MIN_STREAMING_LATENT_FRAMES = 4  # the chunk-causal sampler rejects T <= 3
 

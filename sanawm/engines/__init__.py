@@ -29,7 +29,9 @@ def load_executor(bundle, engine_name: str, backend: str, **options) -> Executor
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeExecutor
 
-        return OnnxRuntimeExecutor(engine_name, path, e.inputs, e.outputs, e.state_map, **options)
+        return OnnxRuntimeExecutor(engine_name, path, e.inputs, e.outputs, e.state_map, profiles=e.profile_dims,
+                                   **options)
     from .tensorrt import TensorRTEngine
 
-    return TensorRTEngine(engine_name, path, e.inputs, e.outputs, e.state_map, backend=backend, **options)
+    return TensorRTEngine(engine_name, path, e.inputs, e.outputs, e.state_map, backend=backend,
+                          profiles=e.profile_dims, **options)

@@ -25,6 +25,26 @@ def euler_update(latents: np.ndarray, dt: np.ndarray, velocity: np.ndarray) -> n
     return (np.asarray(latents, np.float32) + d * np.asarray(velocity, np.float32)).astype(np.float32)
 
 
+class HostStep(Executor):
+    """Any object with ``name``, ``inputs``, ``outputs`` and ``run(feeds)`` (a fake, a torch module wrapper) as an
+    executor with ``run_bound`` over host buffers."""
+
+    backend = "host"
+
+    def __init__(self, step):
+        super().__init__(getattr(step, "name", type(step).__name__), tuple(step.inputs), tuple(step.outputs),
+                         getattr(step, "state_map", None))
+        self.step = step
+
+    def _run(self, feeds, profile=None):
+        return self.step.run(feeds)
+
+
+def bound(executor):
+    """``executor`` itself when it binds pool buffers (``run_bound``), else a ``HostStep`` around it."""
+    return executor if hasattr(executor, "run_bound") else HostStep(executor)
+
+
 class GeneratorPair(Executor):
     """Two fixed-shape step functions (objects with ``inputs`` and ``run(feeds)``) as the one generator engine."""
 

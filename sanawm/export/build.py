@@ -94,6 +94,31 @@ def set_weight_streaming(trt, config, backend: str, strongly_typed: bool) -> Non
     log.info("weight streaming enabled: the plan's weights may stay in host memory (set the budget at run time)")
 
 
+def add_profiles(builder, config, onnx_path, dynamic: Sequence[str], fixed_shapes, profiles: list) -> list[dict]:
+    """Add one optimization profile per entry of ``profiles`` over the ``dynamic`` inputs; returns what the
+    manifest records: ``[{input: {min, opt, max}}, ...]`` in profile order (empty for a static graph)."""
+    if not dynamic:
+        return []
+    recorded = []
+    for k, p in enumerate(profiles):
+        shapes = {n: (tuple(v),) * 3 for n, v in (fixed_shapes or {}).items()}
+        shapes.update({n: tuple(tuple(s) for s in v) for n, v in p.items()})
+        missing = [n for n in dynamic if n not in shapes]
+        if missing:
+            raise BuildError(f"{onnx_path} has dynamic inputs {missing} with no shape in profile {k}; "
+                             "pass fixed_shapes, profile or profiles")
+        prof = builder.create_optimization_profile()
+        rec = {}
+        for n in dynamic:
+            mn, opt, mx = shapes[n]
+            prof.set_shape(n, mn, opt, mx)
+            rec[n] = {"min": list(mn), "opt": list(opt), "max": list(mx)}
+        if config.add_optimization_profile(prof) < 0:
+            raise BuildError(f"{onnx_path}: TensorRT rejected optimization profile {k} {rec}")
+        recorded.append(rec)
+    return recorded
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     plan_path: str | os.PathLike,
@@ -102,6 +127,7 @@ def build_engine(
     optimization_level: int = 3,
     timing_cache: str | os.PathLike | None = None,
     profile: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    profiles: Sequence[Mapping[str, Sequence[Sequence[int]]]] | None = None,
     fixed_shapes: Mapping[str, Sequence[int]] | None = None,
     compute_capabilities: Sequence[str] | None = None,
     workspace_bytes: int | None = None,
@@ -116,6 +142,9 @@ def build_engine(
         timing_cache: file loaded before the build (if it exists) and saved after.
         profile: {input: (min, opt, max)} for inputs with dynamic dims; ``fixed_shapes`` {input: shape}
             pins min = opt = max (used when the ONNX has symbolic dims). Fully static graphs need neither.
+        profiles: several optimization profiles, each ``{input: (min, opt, max)}`` (e.g. one per chunk length
+            of the dynamic generator graph, ``sanawm.spec_dynamic.trt_profiles``); profile i of the plan is
+            ``profiles[i]`` (``fixed_shapes`` fills inputs a profile leaves out). Exclusive with ``profile``.
         compute_capabilities: TensorRT-RTX targets (e.g. ["sm_89"]); default ``DEFAULT_RTX_TARGETS``.
             Ignored by datacenter TensorRT, which builds for the GPU it runs on.
         weight_streaming: set ``BuilderFlag.WEIGHT_STREAMING`` so the runtime may keep only part of the
@@ -158,26 +187,15 @@ def build_engine(
                 raise BuildError(f"{backend} rejected compute capability {c}")
 
     # profiles: only needed for inputs with dynamic dims
-    recorded = []
-    shapes = {k: (tuple(v),) * 3 for k, v in (fixed_shapes or {}).items()}
-    shapes.update({k: tuple(tuple(s) for s in v) for k, v in (profile or {}).items()})
+    if profile is not None and profiles is not None:
+        raise BuildError("pass either profile (one) or profiles (several), not both")
     dynamic = []
     for i in range(network.num_inputs):
         t = network.get_input(i)
         if any(d < 0 for d in t.shape):
             dynamic.append(t.name)
-    if dynamic:
-        missing = [n for n in dynamic if n not in shapes]
-        if missing:
-            raise BuildError(f"{onnx_path} has dynamic inputs {missing} with no profile; pass fixed_shapes or profile")
-        prof = builder.create_optimization_profile()
-        rec = {}
-        for n in dynamic:
-            mn, opt, mx = shapes[n]
-            prof.set_shape(n, mn, opt, mx)
-            rec[n] = {"min": list(mn), "opt": list(opt), "max": list(mx)}
-        config.add_optimization_profile(prof)
-        recorded.append(rec)
+    recorded = add_profiles(builder, config, onnx_path, dynamic, fixed_shapes,
+                            list(profiles) if profiles is not None else [profile or {}])
 
     cache_path = Path(timing_cache) if timing_cache else None
     if cache_path is not None:

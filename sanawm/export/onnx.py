@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -113,6 +113,7 @@ def export_onnx(
     check_inputs: Sequence[dict[str, np.ndarray]] | None = None,
     seed: int = 0,
     custom_translation_table: dict | None = None,
+    dims: Mapping[str, tuple[int, int]] | None = None,
 ) -> ExportResult:
     """Export ``module`` to ``path`` (+ ``path.data``) with ``io``'s names and fixed shapes, then check it.
 
@@ -124,6 +125,9 @@ def export_onnx(
             sample inputs); relative RMS error per output is returned (the caller asserts its tolerance).
         custom_translation_table: extra torch op -> onnxscript translations (e.g. a GDN custom op), merged
             with the FP8 placeholder translation.
+        dims: bounds ``{name: (min, max)}`` of the symbolic dims of ``io`` (string entries of its shapes, e.g.
+            ``"n"``); exported as ``torch.export.Dim``s (``sanawm.export.dynamic``). Inputs may only use plain
+            names; outputs may use the ``"n*K"`` forms of ``sanawm.spec_dynamic``. Needs ``sample_inputs``.
     Returns:
         ExportResult with the paths and per-output relative errors.
     """
@@ -136,6 +140,14 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
+    dynamic_shapes = None
+    if dims is not None or _symbolic(io):
+        from .dynamic import torch_dynamic_shapes
+
+        if sample_inputs is None:
+            raise ExportError("export_onnx with symbolic dims needs sample_inputs (one concrete call); "
+                              "build them with sanawm.spec_dynamic.resolve_io")
+        dynamic_shapes = torch_dynamic_shapes(io, dims or {})
     feeds = sample_inputs if sample_inputs is not None else random_inputs(io, seed)
     in_names = [t.name for t in io.inputs]
     out_names = [t.name for t in io.outputs]
@@ -150,6 +162,7 @@ def export_onnx(
                 output_names=out_names,
                 opset_version=opset,
                 dynamo=True,
+                dynamic_shapes=dynamic_shapes,
                 external_data=True,
                 optimize=False,  # light_optimize below: the same clean-up without the slow pattern rewriter
                 custom_translation_table={**quantize.translation_table(), **(custom_translation_table or {})},
@@ -222,8 +235,13 @@ def light_optimize(model) -> None:
     )(model)
 
 
+def _symbolic(io: StepIO) -> bool:
+    return any(isinstance(d, str) for t in list(io.inputs) + list(io.outputs) for d in t.shape)
+
+
 def _fix_io(model, io: StepIO) -> None:
-    """Check the graph's I/O against ``io`` (names, order, dtypes, fixed shapes); add Identity for renamed outputs."""
+    """Check the graph's I/O against ``io`` (names, order, dtypes, shapes) and write the contract's shapes into
+    the graph: fixed dims as values, symbolic dims (strings in ``io``) as ``dim_param`` of that name."""
     import onnx
     from onnx import helper
 
@@ -245,11 +263,14 @@ def _fix_io(model, io: StepIO) -> None:
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
         if dt != t.dtype:
             raise ExportError(f"graph tensor {t.name!r} is {dt}, the StepIO says {t.dtype}; cast it in forward")
-        if shape != tuple(t.shape):
-            # outputs can come back with symbolic dims: pin them to the contract
-            if len(shape) != len(t.shape) or any(a not in (-1, b) for a, b in zip(shape, t.shape)):
-                raise ExportError(f"graph tensor {t.name!r} has shape {list(shape)}, the StepIO says {list(t.shape)}")
-            tt.shape.CopyFrom(helper.make_tensor_type_proto(tt.elem_type, list(t.shape)).tensor_type.shape)
+        # a fixed dim may come back symbolic (pin it); a symbolic dim must not come back fixed (the trace
+        # specialised it, so the graph would refuse the other sizes)
+        if len(shape) != len(t.shape) or any(
+            (a != -1) if isinstance(b, str) else (a not in (-1, b)) for a, b in zip(shape, t.shape)
+        ):
+            raise ExportError(f"graph tensor {t.name!r} has shape {list(shape)}, the StepIO says {list(t.shape)}"
+                              + ("; a symbolic dim was specialised while tracing" if _symbolic(io) else ""))
+        tt.shape.CopyFrom(helper.make_tensor_type_proto(tt.elem_type, list(t.shape)).tensor_type.shape)
 
 
 

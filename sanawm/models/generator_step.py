@@ -12,12 +12,16 @@ chunk c from stored per-chunk K/V (the runtime does the same from the manifest).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from ..config import GeneratorConfig
+from ..kernels.gdn.onnx_decomposed import padded_frames
 from ..spec import StepIO, generator_step_io, max_window_frames
-from .plan import step_plan
+from ..spec_dynamic import frame_counts, generator_step_io_dynamic
+from .plan import Plan, step_plan
 from .transformer import SanaWMGenerator
 
 _KV = ("k", "v", "cam_k", "cam_v")
@@ -59,10 +63,11 @@ class GeneratorStep(nn.Module):
                 if cfg.cam_kconv_tail:
                     st["cam_k_tail"] = a[f"b{i}.cam_k_tail"]
             states.append(st)
-        v, outs = self.model.run(
-            a["latents"], a["timestep"], a["text"], a["text_mask"], a["camera"], a["plucker"],
-            a["frame_index"], self.plan, states,
-        )
+        with self._trace_context():
+            v, outs = self.model.run(
+                a["latents"], a["timestep"], a["text"], a["text_mask"], a["camera"], a["plucker"],
+                a["frame_index"], self._plan(a["latents"]), states,
+            )
         result = []
         for name in self.output_names:
             if name == "velocity":
@@ -76,6 +81,41 @@ class GeneratorStep(nn.Module):
                 t = t[:, 0]
             result.append(t.float().contiguous())
         return tuple(result)
+
+    def _plan(self, latents: torch.Tensor) -> Plan:
+        return self.plan
+
+    def _trace_context(self):
+        return contextlib.nullcontext()
+
+
+class GeneratorStepDynamic(GeneratorStep):
+    """One streaming forward over ``n`` frames, n in ``frame_counts(cfg)`` (chunk_size or first_chunk_size),
+    exported as ONE graph with a symbolic frame axis (contract ``generator_step_io_dynamic``).
+
+    Always takes the softmax window and ``window_valid``; chunk 0 passes an all-zero ``window_valid``
+    (``sanawm.spec_dynamic.masked_window_feeds``): every window token gets the additive MASK_VALUE, whose
+    exp underflows to exactly 0 in the softmax, so the call equals ``GeneratorStep(model, first=True)``.
+    The plan is built from the traced frame count, and the decomposed GDN scan pads to the largest chunk.
+    """
+
+    def __init__(self, model: SanaWMGenerator):
+        super().__init__(model, first=False)
+        cfg = model.cfg
+        self.io = generator_step_io_dynamic(cfg)
+        self.frame_counts = frame_counts(cfg)
+        self.num_frames = None  # symbolic
+        self.plan = None
+        self.has_window = True  # generator_step_io_dynamic refuses configs without a window
+
+    def _plan(self, latents: torch.Tensor) -> Plan:
+        n = latents.shape[2]
+        if isinstance(n, int) and n not in self.frame_counts:
+            raise ValueError(f"GeneratorStepDynamic serves chunks of {self.frame_counts} latent frames, got {n}")
+        return step_plan(self.model.cfg, n)
+
+    def _trace_context(self):
+        return padded_frames(max(self.frame_counts))
 
 
 def initial_state(cfg: GeneratorConfig, first: bool = True) -> dict[str, torch.Tensor]:

@@ -9,7 +9,8 @@ from .pipeline import Runtime
 from .prompt import PromptEmbeddings, load_prompt
 from .scheduler import Conditioning, GeneratorRunner, euler_step, stream_latents
 from .session import Session
-from .stages import Chunk, DecoderStage, PassThroughRefiner, Stage
+from .decoder import DecoderStage
+from .stages import Chunk, PassThroughRefiner, Stage
 from .state import GeneratorStatePool
 
 __all__ = [

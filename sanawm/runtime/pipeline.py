@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from ..config import GeneratorConfig, StreamingSchedule
+from ..constants import GENERATOR, GENERATOR_FIRST, GENERATOR_NEXT, VAE_ENCODER
 from .frames import from_uint8
 from .scheduler import Executor, GeneratorRunner
 from .stages import DECODER_ENGINES, REFINER_ENGINES, FirstFrameEncoder, Stage, build_stages
 
-GENERATOR_ENGINE = "generator"  # schema 2: one engine, profiles first / next
-GENERATOR_PAIR = ("generator_first", "generator_next")  # the torch reference / test fakes as two step functions
-ENCODER_ENGINE = "vae_encoder"
+ENCODER_ENGINE = VAE_ENCODER
 OPTIONAL_ENGINES = (ENCODER_ENGINE,) + REFINER_ENGINES + DECODER_ENGINES
 
 
@@ -59,17 +58,17 @@ class Runtime:
         refiner_layout: dict | None = None,
         refiner_seed: int = 42,
     ):
-        missing = [] if GENERATOR_ENGINE in executors else [n for n in GENERATOR_PAIR if n not in executors]
+        missing = [] if GENERATOR in executors else [n for n in (GENERATOR_FIRST, GENERATOR_NEXT) if n not in executors]
         if missing:
             raise ValueError(
                 f"bundle{' ' + source if source else ''} has no {missing} engine(s); the generator is required: "
-                f"rebuild it with `sanawm-export ... --engines {GENERATOR_ENGINE}`"
+                f"rebuild it with `sanawm-export ... --engines {GENERATOR}`"
             )
         self.cfg, self.executors, self.schedule, self.refiner, self.source = cfg, dict(executors), schedule, refiner, source
-        if GENERATOR_ENGINE in executors:
-            self.generator = GeneratorRunner(cfg, executors[GENERATOR_ENGINE], schedule=schedule)
-        else:
-            self.generator = GeneratorRunner(cfg, executors[GENERATOR_PAIR[0]], executors[GENERATOR_PAIR[1]], schedule)
+        if GENERATOR in executors:
+            self.generator = GeneratorRunner(cfg, executors[GENERATOR], schedule=schedule)
+        else:  # the torch reference / test fakes as two fixed-shape step functions
+            self.generator = GeneratorRunner(cfg, executors[GENERATOR_FIRST], executors[GENERATOR_NEXT], schedule)
         self.encoder = FirstFrameEncoder(executors[ENCODER_ENGINE]) if ENCODER_ENGINE in executors else None
         self.refiner_layout, self.refiner_seed = refiner_layout, int(refiner_seed)
         self._image_hw = self._resolve_image_hw(image_hw)
@@ -109,7 +108,7 @@ class Runtime:
         cfg = bundle.generator_config
         if cfg is None:
             raise ValueError(f"bundle {bundle_dir} has no generator_config in its manifest; rebuild it with sanawm-export")
-        names = [n for n in (GENERATOR_ENGINE,) + OPTIONAL_ENGINES if n in bundle.engines]
+        names = [n for n in (GENERATOR,) + OPTIONAL_ENGINES if n in bundle.engines]
         if not refiner:
             names = [n for n in names if n not in REFINER_ENGINES]
         executors = {n: load_executor(bundle, n, backend, **engine_options(bundle, n, backend, options, weight_streaming_budget))

@@ -20,7 +20,6 @@ The refiner's text (``refiner_features`` / ``refiner_mask``), when the file has 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..config import GeneratorConfig
 from ..text.spec import encode_command, expected_refiner_channels, expected_stage1_encoder
+from ..text.embeddings import PromptEmbeddings
 from ..text.store import FORMAT_KEY, META_KEY, load_prompt_embeddings
 
 # "stage1.*" is the layout `sanawm encode-prompt` writes (sanawm.text.store)
@@ -38,60 +38,38 @@ ENCODE_HINT = "encode a prompt with `sanawm encode-prompt --prompt \"...\" --sta
 _FROM_CONFIG = object()  # load_prompt(expect_encoder=...) default: the bundle's / config's expectation
 
 
-@dataclass
-class PromptEmbeddings:
-    text: np.ndarray  # [1, L, Ct] float32
-    text_mask: np.ndarray  # [1, L] float32
-    refiner_features: np.ndarray | None = None  # [1, T, D] float32, for the refiner stage (optional)
-    refiner_mask: np.ndarray | None = None  # [1, T] float32
-    negative_text: np.ndarray | None = None  # [1, L, Ct] CFG negative prompt, when the file has one
-    negative_mask: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # the prompt file's meta (prompt, encoders, ...)
-
-    @classmethod
-    def zeros(cls, cfg: GeneratorConfig) -> "PromptEmbeddings":
-        """An empty prompt (all-zero features, every token masked in): output ignores the text."""
-        L, Ct = cfg.caption_length, cfg.caption_channels
-        return cls(np.zeros((1, L, Ct), np.float32), np.ones((1, L), np.float32))
-
-    @classmethod
-    def coerce(cls, value, cfg: GeneratorConfig) -> "PromptEmbeddings":
-        """From a PromptEmbeddings (runtime or ``sanawm.text.store``), a (text, mask) pair, a text array, a dict
-        or a file path; checks shapes."""
-        extra: dict[str, Any] = {}
-        if isinstance(value, PromptEmbeddings):
-            text, mask = value.text, value.text_mask
-            extra = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name not in ("text", "text_mask")}
-        elif isinstance(value, (str, Path)):
-            return load_prompt(value, cfg)
-        elif hasattr(value, "stage1_features") and hasattr(value, "stage1_mask"):  # sanawm.text.store.PromptEmbeddings
-            text, mask = value.stage1_features, value.stage1_mask
-            extra = dict(refiner_features=value.refiner_features, refiner_mask=value.refiner_mask,
-                         negative_text=value.negative_features, negative_mask=value.negative_mask, meta=dict(value.meta))
-        elif isinstance(value, Mapping):
-            text, mask = _pick(value, TEXT_KEYS, "text"), _pick(value, MASK_KEYS, None)
-            extra = dict(refiner_features=value.get("refiner.features"), refiner_mask=value.get("refiner.mask"),
-                         negative_text=value.get("stage1_negative.features"),
-                         negative_mask=value.get("stage1_negative.mask"))
-        elif isinstance(value, tuple) and len(value) == 2:
-            text, mask = value
-        else:
-            text, mask = value, None
-        text, mask = _check_text(text, mask, cfg, "prompt embeddings")
-        if extra.get("negative_text") is not None:
-            extra["negative_text"], extra["negative_mask"] = _check_text(
-                extra["negative_text"], extra.get("negative_mask"), cfg, "negative prompt embeddings")
-        if extra.get("refiner_features") is not None:
-            rf = np.asarray(extra["refiner_features"], np.float32)
-            rf = rf[None] if rf.ndim == 2 else rf
-            rm = extra.get("refiner_mask")
-            rm = np.ones(rf.shape[:2], np.float32) if rm is None else np.asarray(rm, np.float32).reshape(rf.shape[0], -1)
-            if rf.ndim != 3 or rf.shape[0] != 1 or rm.shape != rf.shape[:2]:
-                raise ValueError(f"refiner text features {rf.shape} / mask {rm.shape} must be [1, T, D] / [1, T]")
-            extra["refiner_features"], extra["refiner_mask"] = np.ascontiguousarray(rf), np.ascontiguousarray(rm)
-        else:
-            extra["refiner_features"] = extra["refiner_mask"] = None
-        return cls(text, mask, **extra)
+def coerce_prompt(value, cfg: GeneratorConfig) -> PromptEmbeddings:
+    """From a ``PromptEmbeddings``, a (text, mask) pair, a text array, a dict or a file path; checks shapes."""
+    extra: dict[str, Any] = {}
+    if isinstance(value, PromptEmbeddings):
+        text, mask = value.text, value.text_mask
+        extra = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name not in ("text", "text_mask")}
+    elif isinstance(value, (str, Path)):
+        return load_prompt(value, cfg)
+    elif isinstance(value, Mapping):
+        text, mask = _pick(value, TEXT_KEYS, "text"), _pick(value, MASK_KEYS, None)
+        extra = dict(refiner_features=value.get("refiner.features"), refiner_mask=value.get("refiner.mask"),
+                     negative_text=value.get("stage1_negative.features"),
+                     negative_mask=value.get("stage1_negative.mask"))
+    elif isinstance(value, tuple) and len(value) == 2:
+        text, mask = value
+    else:
+        text, mask = value, None
+    text, mask = _check_text(text, mask, cfg, "prompt embeddings")
+    if extra.get("negative_text") is not None:
+        extra["negative_text"], extra["negative_mask"] = _check_text(
+            extra["negative_text"], extra.get("negative_mask"), cfg, "negative prompt embeddings")
+    if extra.get("refiner_features") is not None:
+        rf = np.asarray(extra["refiner_features"], np.float32)
+        rf = rf[None] if rf.ndim == 2 else rf
+        rm = extra.get("refiner_mask")
+        rm = np.ones(rf.shape[:2], np.float32) if rm is None else np.asarray(rm, np.float32).reshape(rf.shape[0], -1)
+        if rf.ndim != 3 or rf.shape[0] != 1 or rm.shape != rf.shape[:2]:
+            raise ValueError(f"refiner text features {rf.shape} / mask {rm.shape} must be [1, T, D] / [1, T]")
+        extra["refiner_features"], extra["refiner_mask"] = np.ascontiguousarray(rf), np.ascontiguousarray(rm)
+    else:
+        extra["refiner_features"] = extra["refiner_mask"] = None
+    return PromptEmbeddings(text, mask, **extra)
 
 
 def _check_text(text, mask, cfg: GeneratorConfig, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -160,9 +138,9 @@ def load_prompt(
             expect_refiner_channels=expected_refiner_channels(manifest), require_refiner=require_refiner,
             reencode_command=cmd,
         )
-        if e.stage1_features.shape[0] != 1:
-            raise ValueError(f"{p} holds {e.stage1_features.shape[0]} prompts; the runtime takes one per clip")
-        return PromptEmbeddings.coerce(e, cfg)
+        if e.text.shape[0] != 1:
+            raise ValueError(f"{p} holds {e.text.shape[0]} prompts; the runtime takes one per clip")
+        return coerce_prompt(e, cfg)
     if p.suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:
             d = {k: z[k] for k in z.files}
@@ -172,7 +150,7 @@ def load_prompt(
         d = load_file(str(p))
     else:
         raise ValueError(f"prompt embeddings must be .safetensors or .npz; got {p.name}")
-    out = PromptEmbeddings.coerce(d, cfg)
+    out = coerce_prompt(d, cfg)
     if require_refiner and out.refiner_features is None:
         raise ValueError(f"{p} has no refiner.features but the refiner stage needs them; encode the prompt with: {cmd}")
     return out

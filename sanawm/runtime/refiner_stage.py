@@ -25,42 +25,17 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .stages import Chunk, _state_pairs
+from ..constants import REFINER_CAPTURE, REFINER_ENGINES, REFINER_SINK, REFINER_STEP
+from ..refiner_layout import RefinerLayout
+from .chunk import Chunk, state_pairs
 
-REFINER_ENGINES = ("refiner_sink", "refiner_step", "refiner_capture")
 DEFAULT_REFINER_SEED = 42  # the release's --refiner_seed default
-STAGE_2_SIGMAS = (0.909375, 0.725, 0.421875, 0.0)
-REBUILD = "rebuild them with `sanawm-export ... --engines refiner_sink,refiner_step,refiner_capture`"
-
-
-@dataclass(frozen=True)
-class RefinerLayoutInfo:
-    """What the stage needs besides the engines' shapes (the manifest's ``refiner`` section)."""
-
-    block_size: int = 3
-    kv_max_frames: int = 11
-    sink_frames: int = 1
-    sigmas: tuple[float, ...] = STAGE_2_SIGMAS
-    timestep_scale_multiplier: float = 1000.0
-
-    @classmethod
-    def from_manifest(cls, section: dict | None) -> "RefinerLayoutInfo":
-        if not section:
-            return cls()
-        lay = section.get("layout", section)
-        return cls(
-            block_size=int(lay.get("block_size", 3)),
-            kv_max_frames=int(lay.get("kv_max_frames", 11)),
-            sink_frames=int(lay.get("sink_frames", 1)),
-            sigmas=tuple(float(s) for s in section.get("sigmas", STAGE_2_SIGMAS)),
-            timestep_scale_multiplier=float(section.get("timestep_scale_multiplier", 1000.0)),
-        )
+REBUILD = f"rebuild them with `sanawm-export ... --engines {','.join(REFINER_ENGINES)}`"
 
 
 def _spec(ex, name: str):
@@ -73,7 +48,7 @@ def _spec(ex, name: str):
 def refiner_text_from(value) -> tuple[np.ndarray, np.ndarray] | None:
     """The refiner's text (features [1, T, D], mask [1, T]) carried by prompt embeddings, or None.
 
-    Accepts ``sanawm.text.store.PromptEmbeddings`` (``refiner_features`` / ``refiner_mask``), any object with
+    Accepts ``sanawm.text.embeddings.PromptEmbeddings`` (``refiner_features`` / ``refiner_mask``), any object with
     ``refiner_text`` / ``refiner_text_mask``, a dict or a prompt file (``.safetensors`` / ``.npz``) with the
     keys ``refiner.features`` / ``refiner.mask`` that ``sanawm encode-prompt --refiner-encoder`` writes.
     """
@@ -114,13 +89,13 @@ class RefinerStage:
 
     name = "refiner"
 
-    def __init__(self, sink, step, capture, layout: RefinerLayoutInfo | dict | None = None, seed: int = DEFAULT_REFINER_SEED,
+    def __init__(self, sink, step, capture, layout: RefinerLayout | dict | None = None, seed: int = DEFAULT_REFINER_SEED,
                  noise: Sequence[np.ndarray] | None = None):
-        """``layout``: the manifest's ``refiner`` section (or a ``RefinerLayoutInfo``); shapes come from the
+        """``layout``: the manifest's ``refiner`` section (or a ``RefinerLayout``); shapes come from the
         engines and must agree with it. ``noise``: inject the per-block noise (block k -> [1, C, block, H, W]),
         e.g. the torch reference's, instead of drawing it (parity tests)."""
         self.sink, self.step, self.capture = sink, step, capture
-        info = layout if isinstance(layout, RefinerLayoutInfo) else RefinerLayoutInfo.from_manifest(layout)
+        info = layout if isinstance(layout, RefinerLayout) else RefinerLayout.from_manifest(layout)
         self.info = info
         lat = _spec(step, "latents")
         _, self.C, self.block, self.H, self.W = (int(d) for d in lat.shape)
@@ -149,7 +124,7 @@ class RefinerStage:
         self.sigmas = np.asarray(info.sigmas, dtype=np.float32)
         self.mult = float(info.timestep_scale_multiplier)
         # history chaining: capture outputs -> the (shared) step/capture inputs
-        self.pairs = _state_pairs(capture)
+        self.pairs = state_pairs(capture)
         hist_inputs = {n for n in self.pairs.values()}
         need = {x.name for x in capture.inputs if x.name == "hist_valid" or x.name.endswith((".hist_k", ".hist_v"))}
         if need - hist_inputs:
@@ -167,7 +142,7 @@ class RefinerStage:
 
     @classmethod
     def from_executors(cls, executors: dict, layout=None, seed: int = DEFAULT_REFINER_SEED, **kw) -> "RefinerStage":
-        return cls(executors["refiner_sink"], executors["refiner_step"], executors["refiner_capture"], layout, seed, **kw)
+        return cls(executors[REFINER_SINK], executors[REFINER_STEP], executors[REFINER_CAPTURE], layout, seed, **kw)
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:

@@ -22,15 +22,15 @@ import numpy as np
 
 from .. import __version__
 from ..config import GeneratorConfig
+from ..constants import TEMPORAL_STRIDE
 from .noise import NoiseSource
-from .prompt import PromptEmbeddings
+from .prompt import coerce_prompt
 from .scheduler import Conditioning
 from .stages import Chunk, timed
 
 FORMAT = "sanawm-session"
 FORMAT_VERSION = 1
 HEADER_KEY = "header.json"  # the JSON header, stored as uint8 bytes inside the .npz
-TEMPORAL_STRIDE = 8  # raw frames per latent frame (LTX-2 VAE)
 
 
 def _coerce_camera(camera, cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +87,7 @@ class Session:
         """
         cfg = runtime.cfg
         latent = runtime.encode_first_frame(first_frame_or_latent)
-        prompt = PromptEmbeddings.coerce(prompt_embeddings, cfg)
+        prompt = coerce_prompt(prompt_embeddings, cfg)
         cam, pl = _coerce_camera(camera, cfg)
         T = cam.shape[0]
         if num_frames is not None:

@@ -17,48 +17,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .frames import to_uint8
-
-
-class Chunk:
-    """One streamed chunk. Latent frames [start, end) of the clip; chunk 0 includes the condition frame.
-
-    ``latents`` / ``refined`` are host arrays read out of the session pool on first access only: stages that
-    run where the engines run pass ``latents_buffer`` / ``refined_buffer`` on without a host round trip.
-    """
-
-    def __init__(self, index: int, start: int, end: int, latents=None, *, buffer=None, refined=None, frames=None,
-                 timings: dict | None = None):
-        self.index, self.start, self.end = index, start, end
-        self._latents = None if latents is None else np.asarray(latents)
-        self.latents_buffer = buffer  # sanawm.engines.memory.Buffer of the stage-1 clean latents, if any
-        self._refined = refined
-        self.refined_buffer = None  # set when the refined latents live in a pool buffer
-        self.frames: np.ndarray | None = frames  # [F, H, W, 3] uint8 (chunk 0 without the condition frame)
-        self.timings: dict = dict(timings or {})  # stage name -> seconds
-
-    @property
-    def latents(self) -> np.ndarray:
-        """[1, C, n, H, W] stage-1 clean latents (host)."""
-        if self._latents is None and self.latents_buffer is not None:
-            self._latents = self.latents_buffer.memory.download(self.latents_buffer)
-        return self._latents
-
-    @property
-    def refined(self) -> np.ndarray | None:
-        """[1, C, n, H, W] latents after the refiner (host); the stage-1 latents when it was skipped."""
-        if self._refined is None and self.refined_buffer is not None:
-            self._refined = self.refined_buffer.memory.download(self.refined_buffer)
-        return self._refined
-
-    @refined.setter
-    def refined(self, value) -> None:
-        self._refined = value
-        self.refined_buffer = None
-
-    @property
-    def num_frames(self) -> int:
-        return 0 if self.frames is None else int(self.frames.shape[0])
+from ..constants import REFINER_ENGINES, VAE_DECODER_FIRST, VAE_DECODER_NEXT
+from ..constants import VAE_DECODER_ENGINES as DECODER_ENGINES
+from .chunk import Chunk, state_pairs
 
 
 class Stage(Protocol):
@@ -78,7 +39,7 @@ class PassThroughRefiner:
 
     def process(self, chunk: Chunk) -> Chunk:
         if chunk.latents_buffer is not None:  # stays where it is: no host round trip
-            chunk._refined, chunk.refined_buffer = None, chunk.latents_buffer
+            chunk.pass_through()
         else:
             chunk.refined = chunk.latents
         return chunk
@@ -89,124 +50,6 @@ class PassThroughRefiner:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if state:
             raise ValueError(f"pass-through refiner carries no state; the saved session has {sorted(state)}")
-
-
-def _state_pairs(executor, targets=None) -> dict[str, str]:
-    """output -> input state chaining: the manifest's ``state_map``, else every ``X.out`` output feeding ``X``
-    among ``targets`` (default: the executor's own inputs; for a first graph, the next graph's inputs)."""
-    sm = dict(getattr(executor, "state_map", None) or {})
-    if sm:
-        return sm
-    ins = set(targets) if targets is not None else {t.name for t in executor.inputs}
-    return {t.name: t.name[:-4] for t in executor.outputs if t.name.endswith(".out") and t.name[:-4] in ins}
-
-
-TEMPORAL_STRIDE = 8  # pixel frames per latent frame (LTX-2 VAE)
-
-
-class DecoderStage:
-    """Causal VAE decode of each chunk through ``vae_decoder_first`` (chunk 0) / ``vae_decoder_next``.
-
-    Contract (``sanawm.models.vae.vae_decoder_io``, the exported LTX-2 decoder):
-        ``vae_decoder_first``: input ``latents`` [1, C, 4, h, w] (normalised; un-normalised inside the
-            engine), no cache inputs (its causal convs replicate their first frame); outputs ``frames``
-            [1, 3, 24, 32h, 32w] in [-1, 1] (the condition frame already dropped) and ``cache.{i}.out``.
-        ``vae_decoder_next``: inputs ``latents`` [1, C, 3, h, w] and ``cache.{i}``; outputs ``frames``
-            [1, 3, 24, H, W] and ``cache.{i}.out``.
-        Both graphs map ``cache.{i}.out`` -> ``cache.{i}`` (the *next* graph's inputs): by ``state_map``, or for
-        a first graph whose manifest entry has none (its own inputs take no state; the bundle records the
-        map under ``chains_to``, which ``Runtime.load`` applies) by the ``X.out`` -> ``X`` naming rule.
-
-    The cache a chunk leaves behind is the stage's state (``state_dict``): empty before chunk 0, the next
-    graph's cache inputs after it, so a session saved anywhere resumes with identical frames. A first graph
-    that keeps the condition frame (exported with ``drop_first_frame=False``: 1 + 8 (n - 1) frames) has it
-    dropped here; cache inputs on a first graph (not the LTX-2 contract) start at zero.
-    """
-
-    name = "decoder"
-
-    def __init__(self, first, next_):
-        self.first, self.next = first, next_
-        for ex in (first, next_):
-            if not any(t.name == "latents" for t in ex.inputs):
-                raise ValueError(
-                    f"engine {ex.name}: no 'latents' input (it takes {[t.name for t in ex.inputs]}); "
-                    "this is not a VAE decoder graph, rebuild it with `sanawm-export ... --engines "
-                    "vae_decoder_first,vae_decoder_next`"
-                )
-        self.output_name = "frames" if any(t.name == "frames" for t in first.outputs) else first.outputs[0].name
-        # what the first graph reads (zeros; empty for the LTX-2 contract) and what the next graph reads
-        self._initial = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in first.inputs if t.name != "latents"}
-        self._next_specs = {t.name: t for t in next_.inputs if t.name != "latents"}
-        for ex in (first, next_):
-            fed = set(_state_pairs(ex, self._next_specs).values())
-            unfed = sorted(set(self._next_specs) - fed)
-            if unfed:
-                raise ValueError(
-                    f"engine {ex.name}: its state_map feeds none of {unfed[:4]}{' ...' if len(unfed) > 4 else ''} "
-                    f"that {next_.name} reads, so the decoder caches cannot be chained; the two decoder graphs "
-                    "come from different exports: rebuild both with `sanawm-export ... --engines "
-                    "vae_decoder_first,vae_decoder_next`"
-                )
-        self.cache: dict[str, np.ndarray] = dict(self._initial)
-
-    def process(self, chunk: Chunk) -> Chunk:
-        first = chunk.index == 0
-        ex = self.first if first else self.next
-        lat_spec = next(t for t in ex.inputs if t.name == "latents")
-        lat = np.ascontiguousarray(chunk.refined, dtype=np.float32)
-        if lat.shape != tuple(lat_spec.shape):
-            raise ValueError(
-                f"engine {ex.name} decodes latents {list(lat_spec.shape)}, chunk {chunk.index} has {list(lat.shape)}; "
-                "the VAE engines were built for another generator config: rebuild them with the generator's --config"
-            )
-        feeds = {"latents": lat}
-        for t in ex.inputs:
-            if t.name == "latents":
-                continue
-            if t.name not in self.cache:
-                raise ValueError(
-                    f"engine {ex.name}: cache input {t.name!r} has no value from the previous chunk; chunks are "
-                    "decoded in order from chunk 0 (to continue mid-clip, resume a saved session)"
-                )
-            feeds[t.name] = self.cache[t.name]
-        out = ex.run(feeds)
-        self.cache = {i: out[o] for o, i in _state_pairs(ex, self._next_specs).items() if i in self._next_specs}
-        frames = to_uint8(out[self.output_name])
-        n = lat.shape[2]
-        want = TEMPORAL_STRIDE * (n - 1 if first else n)
-        if first and frames.shape[0] == want + 1:
-            frames = frames[1:]  # a first graph that kept the condition frame: the caller already has it
-        if frames.shape[0] != want:
-            raise ValueError(
-                f"engine {ex.name} returned {frames.shape[0]} frames for {n} latent frames, expected {want}"
-                f"{' (or ' + str(want + 1) + ' with the condition frame)' if first else ''}; rebuild the VAE engines"
-            )
-        chunk.frames = frames
-        return chunk
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return dict(self.cache)
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        state = {k: np.asarray(v) for k, v in state.items()}
-        if not state and not self._initial:  # saved before chunk 0 was decoded
-            self.cache = {}
-            return
-        if set(state) != set(self._next_specs):
-            missing, extra = sorted(set(self._next_specs) - set(state)), sorted(set(state) - set(self._next_specs))
-            raise ValueError(
-                f"saved decoder cache does not match engine {self.next.name}: missing {missing[:4]}, unexpected "
-                f"{extra[:4]}; resume with the bundle the session was saved with"
-            )
-        for k, v in state.items():
-            t = self._next_specs[k]
-            if v.shape != tuple(t.shape) or v.dtype != np.dtype(t.dtype):
-                raise ValueError(
-                    f"saved decoder cache {k!r} is {v.dtype}{list(v.shape)}, engine {self.next.name} takes "
-                    f"{t.dtype}{list(t.shape)}; resume with the bundle the session was saved with"
-                )
-        self.cache = state
 
 
 class FirstFrameEncoder:
@@ -279,12 +122,10 @@ def _refiner_stage(executors: dict, **options) -> Stage:
 
 
 # Refiner implementations by engine set: factory(executors, **refiner_options) -> Stage
-REFINER_ENGINES = ("refiner_sink", "refiner_step", "refiner_capture")
 REFINER_FACTORIES: dict[frozenset, Callable[..., Stage]] = {frozenset(REFINER_ENGINES): _refiner_stage}
-DECODER_ENGINES = ("vae_decoder_first", "vae_decoder_next")
 
 
-def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | None = None) -> list[Stage]:
+def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | None = None, memory=None) -> list[Stage]:
     """Fresh refiner + decoder stages for one session from the executors the bundle has.
 
     ``refiner_options`` go to the refiner factory (``layout``: the manifest's ``refiner`` section, ``seed``).
@@ -305,9 +146,11 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
             stages.append(factory(executors, **(refiner_options or {})))
     else:
         stages.append(PassThroughRefiner())
+    from .decoder import DecoderStage  # decoder.py builds on this module's helpers: imported here, no cycle
+
     have_dec = [n for n in DECODER_ENGINES if n in executors]
     if len(have_dec) == 2:
-        stages.append(DecoderStage(executors["vae_decoder_first"], executors["vae_decoder_next"]))
+        stages.append(DecoderStage(executors[VAE_DECODER_FIRST], executors[VAE_DECODER_NEXT], memory=memory))
     elif have_dec:
         raise ValueError(f"bundle has {have_dec} but not both of {list(DECODER_ENGINES)}; rebuild the VAE engines")
     return stages

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-FPS = 16
+from ..constants import FPS
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .embeddings import PromptEmbeddings
 
 FORMAT_KEY = "sanawm.prompt.format"
 META_KEY = "sanawm.prompt.meta"
@@ -41,17 +42,6 @@ _REENCODE_HINT = (
 
 class PromptFileError(ValueError):
     """A prompt-embedding file is missing, malformed, or does not match what the bundle expects."""
-
-
-@dataclass
-class PromptEmbeddings:
-    stage1_features: np.ndarray  # (B, L, C) float32
-    stage1_mask: np.ndarray  # (B, L) float32
-    negative_features: np.ndarray | None = None
-    negative_mask: np.ndarray | None = None
-    refiner_features: np.ndarray | None = None
-    refiner_mask: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_np(x, dtype) -> np.ndarray:
@@ -215,9 +205,9 @@ def load_prompt_embeddings(
             )
 
     return PromptEmbeddings(
-        stage1_features=t["stage1.features"],
-        stage1_mask=t["stage1.mask"],
-        negative_features=t.get("stage1_negative.features"),
+        text=t["stage1.features"],
+        text_mask=t["stage1.mask"],
+        negative_text=t.get("stage1_negative.features"),
         negative_mask=t.get("stage1_negative.mask"),
         refiner_features=rf,
         refiner_mask=rm,

@@ -70,7 +70,8 @@ def test_bundle_has_the_vae_engines_and_records_the_image_size(bundle_dir):
 def test_ort_decoder_chain_equals_torch_streaming_decoder(bundle_dir, torch_vae):
     from sanawm.models.vae import StreamingVAEDecoder
     from sanawm.runtime.frames import to_uint8
-    from sanawm.runtime.stages import Chunk, DecoderStage
+    from sanawm.runtime.decoder import DecoderStage
+    from sanawm.runtime.stages import Chunk
 
     ex = {n: load_executor(bundle_dir, n, "onnxruntime") for n in VAE[1:]}
     chain = Bundle.open(bundle_dir).engine("vae_decoder_first").raw["chains_to"]["state_map"]

@@ -35,7 +35,7 @@ pytest.importorskip("onnxruntime")
 from sanawm.config import StreamingSchedule, full, tiny  # noqa: E402
 from sanawm.engines.onnxruntime import OnnxRuntimeExecutor  # noqa: E402
 from sanawm.export.blocks import BlockStep, block_feeds, fp8_layer_check, randomize_  # noqa: E402
-from sanawm.export.cli import generator_calibration, generator_feeds  # noqa: E402
+from sanawm.export.families.generator import generator_calibration, generator_feeds  # noqa: E402
 from sanawm.export.half import convert_fp16  # noqa: E402
 from sanawm.export.onnx import export_onnx, run_onnx_cpu, run_torch  # noqa: E402
 from sanawm.export.quantize import qdq_layers, quantize_fp8  # noqa: E402

@@ -16,18 +16,18 @@ import torch
 
 from sanawm.export.onnx import export_onnx
 from sanawm.models.refiner import (
-    OnnxStep,
     RefinerCore,
     RefinerLayout,
     RefinerSinkCapture,
     RefinerStep,
     RefinerTextKV,
-    make_refiner_layer,
     make_tiny_refiner_transformer,
     refine_stream,
     refiner_io,
 )
 from sanawm.testing import assert_close, rel_error
+
+from refiner_harness import OnnxStep, make_refiner_layer
 
 H, W, L_TXT, KV_MAX, BLOCKS = 4, 6, 7, 5, 4
 RTX_FP8_TARGETS = ["sm_89", "sm_120"]  # FP8 needs Ada or newer; TRT-RTX has no SM90

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sanawm.config import full, tiny
-from sanawm.runtime.prompt import PromptEmbeddings, load_prompt
+from sanawm.runtime.prompt import PromptEmbeddings, coerce_prompt, load_prompt
 from sanawm.text.spec import (
     GEMMA2_2B_IT,
     TINY_STAGE1_ID,
@@ -59,10 +59,10 @@ def test_matching_file_loads_with_refiner_and_negative(tmp_path):
     assert e.meta["stage1_encoder"] == TINY_STAGE1_ID
     # a path through coerce (what Session.start does) takes the same checks; the refiner part is optional
     q = _file(tmp_path / "q.safetensors")
-    e2 = PromptEmbeddings.coerce(q, CFG)
+    e2 = coerce_prompt(q, CFG)
     assert e2.refiner_features is None and e2.text.shape == (1, L, C)
     # coerce keeps the refiner part of a PromptEmbeddings (the refiner stage reads refiner_features)
-    assert PromptEmbeddings.coerce(e, CFG).refiner_features is not None
+    assert coerce_prompt(e, CFG).refiner_features is not None
 
 
 @pytest.mark.parametrize("length, ch, what", [(12, C, r"expects \(batch, 8, 32\)"), (L, 64, r"expects \(batch, 8, 32\)")])

@@ -319,21 +319,19 @@ def test_weight_streaming_budget_reaches_only_streamed_trt_engines():
             order.append(k)
             object.__setattr__(self, k, v)
 
-        def create_execution_context(self):
+        device_memory_size_v2 = 0
+
+        def create_execution_context(self, strategy):
             order.append("context")
             return None  # stops activate() right after (no CUDA needed)
 
-    import sanawm.engines.tensorrt as trt_mod
+    from types import SimpleNamespace
 
     ex = TensorRTEngine("refiner_step", "x.plan", (), (), weight_streaming_budget=0.5)
     ex.engine = Eng()
-    orig = trt_mod.cuda_runtime
-    trt_mod.cuda_runtime = lambda: None
-    try:
-        with pytest.raises(ExecutorError, match="create_execution_context failed"):
-            ex.activate()
-    finally:
-        trt_mod.cuda_runtime = orig
+    ex._trt = SimpleNamespace(ExecutionContextAllocationStrategy=SimpleNamespace(USER_MANAGED="user"))
+    with pytest.raises(ExecutorError, match="create_execution_context failed"):
+        ex.activate(SimpleNamespace(stream=0), arena=0, arena_bytes=256)
     assert order == ["weight_streaming_budget_v2", "context"] and ex.weight_streaming_bytes == 500
 
 

@@ -11,7 +11,8 @@ from sanawm.config import tiny
 from sanawm.engines.base import Executor
 from sanawm.runtime import PromptEmbeddings, Runtime, Session
 from sanawm.runtime.frames import to_uint8
-from sanawm.runtime.stages import Chunk, DecoderStage, FirstFrameEncoder
+from sanawm.runtime.decoder import DecoderStage
+from sanawm.runtime.stages import Chunk, FirstFrameEncoder
 from sanawm.spec import TensorSpec
 
 from .fakes import fake_generators
@@ -58,7 +59,7 @@ class FakeVAEDecoder(Executor):
                          {"cache.0.out": "cache.0", "cache.1.out": "cache.1"})
         self.first, self.calls = first, []
 
-    def _run(self, feeds):
+    def _run(self, feeds, profile=None):
         self.calls.append({k: v.copy() for k, v in feeds.items()})
         x = feeds["latents"][0]
         if self.first:
@@ -85,7 +86,7 @@ class FakeVAEEncoder(Executor):
                          (TensorSpec("latent", "float32", (1, C, 1, H // S, W // S)),))
         self.calls = []
 
-    def _run(self, feeds):
+    def _run(self, feeds, profile=None):
         img = feeds["image"]
         self.calls.append(img.copy())
         _, _, _, H, W = img.shape

@@ -75,10 +75,10 @@ def test_cli_tiny_matches_direct_encoding(tmp_path):
     e = load_prompt_embeddings(out, cfg.caption_length, cfg.caption_channels, expect_encoder=TINY_STAGE1_ID,
                                require_refiner=True)
     f, m = encode_stage1("雪", tiny_tokenizer(), tiny_gemma2(), cfg.caption_length)
-    np.testing.assert_allclose(e.stage1_features, f.numpy(), atol=1e-6)
-    np.testing.assert_array_equal(e.stage1_mask, m.numpy())
+    np.testing.assert_allclose(e.text, f.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(e.text_mask, m.numpy())
     nf, _ = encode_stage1("blur", tiny_tokenizer(), tiny_gemma2(), cfg.caption_length, negative=True)
-    np.testing.assert_allclose(e.negative_features, nf.numpy(), atol=1e-6)
+    np.testing.assert_allclose(e.negative_text, nf.numpy(), atol=1e-6)
     assert e.refiner_features.shape == (1, 16, 32)
     assert e.meta["prompt"] == "雪" and e.meta["negative_prompt"] == "blur"
 
@@ -96,8 +96,8 @@ def test_cli_loads_local_folders(tmp_path):
     e = load_prompt_embeddings(out, 12, 32, expect_encoder="gemma-2-tiny")
     assert e.meta["stage1_encoder"] == encoder_identity(folder)
     f, m = encode_stage1("hi", tok, model, 12)
-    np.testing.assert_allclose(e.stage1_features, f.numpy(), atol=1e-5)
-    np.testing.assert_array_equal(e.stage1_mask, m.numpy())
+    np.testing.assert_allclose(e.text, f.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(e.text_mask, m.numpy())
 
     id0 = encoder_identity(folder)
     with torch.no_grad():

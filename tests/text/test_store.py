@@ -29,10 +29,10 @@ def test_round_trip(tmp_path):
     s1, neg, ref = _pair(), _pair(seed=1), _pair(16, 12, seed=2)
     p = save_prompt_embeddings(tmp_path / "p.safetensors", stage1=s1, stage1_negative=neg, refiner=ref, meta=_meta(prompt="雪 🦊"))
     e = load_prompt_embeddings(p, L, C, expect_encoder="gemma-2-2b-it", expect_refiner_channels=12, require_refiner=True)
-    np.testing.assert_array_equal(e.stage1_features, s1[0])
-    np.testing.assert_array_equal(e.stage1_mask, s1[1].astype(np.float32))
-    assert e.stage1_mask.dtype == np.float32 and e.stage1_features.dtype == np.float32
-    np.testing.assert_array_equal(e.negative_features, neg[0])
+    np.testing.assert_array_equal(e.text, s1[0])
+    np.testing.assert_array_equal(e.text_mask, s1[1].astype(np.float32))
+    assert e.text_mask.dtype == np.float32 and e.text.dtype == np.float32
+    np.testing.assert_array_equal(e.negative_text, neg[0])
     np.testing.assert_array_equal(e.refiner_features, ref[0])
     assert e.meta["prompt"] == "雪 🦊"
     # the full identity also matches

@@ -71,7 +71,7 @@ def check_engine_io(name: str, engine_io: Mapping[str, tuple[str, str, tuple]], 
 # ------------------------------------------------------------------------------------ environment
 def detect_environment(backend: str):
     """``BackendEnv`` of this machine: library version + current GPU name and compute capability."""
-    from ...bundle import BackendEnv
+    from ...bundle.env import BackendEnv
 
     trt = import_trt(backend)
     rt = cuda_runtime()

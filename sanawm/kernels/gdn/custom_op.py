@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .plugin_names import PLUGIN_DOMAIN, PLUGIN_NAME
 from .reference import gdn_recurrent_ref
-
-PLUGIN_DOMAIN = "sanawm"
-PLUGIN_NAME = "gdn_scan"
-PLUGIN_VERSION = "1"
 
 
 @torch.library.custom_op(f"{PLUGIN_DOMAIN}::{PLUGIN_NAME}", mutates_args=())

@@ -11,7 +11,7 @@ Inputs are typed FLOAT (float32): export the op with float32 tensors (the engine
 from onnxscript import FLOAT, script
 from onnxscript.values import Opset
 
-from .custom_op import PLUGIN_DOMAIN
+from .plugin_names import PLUGIN_DOMAIN
 
 sanawm_plugins = Opset(PLUGIN_DOMAIN, 1)
 

@@ -1,236 +1,20 @@
-"""Engine bundle: ``manifest.json`` + ONNX (+ external data) + TensorRT plans, read and validated (torch-free).
-
-A bundle is the only thing that crosses from the build side to the run side. It is untrusted input: every
-path it names (and every external-data ``location`` inside every ONNX file it names) must resolve inside
-the bundle folder; absolute paths, ``..`` and symlinks that leave the folder are refused.
-
-Manifest layout (``SCHEMA_VERSION`` 1)::
-
-    {
-      "schema_version": 1,
-      "sanawm_version": "0.1.0",
-      "source": {"checkpoint": "ckpt.safetensors" | null, "checkpoint_sha256": "..." | null, "random_seed": 0 | null},
-      "export": {"config": "tiny", "precision": "fp8", ...},          # how to rebuild (CLI arguments)
-      "generator_config": {...},                                       # GeneratorConfig.to_dict()
-      "engines": {
-        "generator_first": {
-          "kind": "generator_step",
-          "precision": "fp32" | "fp16" | "fp8",
-          "inputs":  [{"name", "dtype", "shape", "doc"}, ...],
-          "outputs": [...],
-          "state_map": {"b0.S_kv.out": "b0.S_kv", ...},
-          "profiles": [{"latents": {"min": [...], "opt": [...], "max": [...]}, ...}],
-          "notes": "free text (e.g. why fixed shapes)",
-          "files": {
-            "onnx": {"path": "generator_first.onnx", "sha256": "...", "size": 123,
-                     "external_data": [{"path": "generator_first.onnx.data", "sha256": "...", "size": 456}]},
-            "tensorrt_rtx": {"path": "generator_first.tensorrt_rtx.plan", "sha256": "...", "size": 789,
-                             "build": {"library": "tensorrt_rtx", "version": "1.7.1.116",
-                                       "compute_capabilities": ["sm_89"], "gpu_name": null, ...}}
-          }
-        }
-      }
-    }
-
-Backend ``onnxruntime`` runs the ``onnx`` file; ``tensorrt`` and ``tensorrt_rtx`` run their plan.
-"""
+"""The manifest model: ``Bundle`` (open, look up, validate) and its ``EngineEntry`` records."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable
 
-import numpy as np
-
-from .spec import StepIO, TensorSpec
-
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-BACKENDS = ("onnxruntime", "tensorrt", "tensorrt_rtx")
-PLAN_BACKENDS = ("tensorrt", "tensorrt_rtx")
-_DTYPES = {"float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"}
+from ..spec import StepIO, TensorSpec
+from .env import BackendEnv, _vkey, normalize_cc
+from .onnx_external import onnx_external_locations
+from .paths import safe_path, sha256_file
+from .schema import _DTYPES, BACKENDS, MANIFEST_NAME, PLAN_BACKENDS, SCHEMA_VERSION, BundleError
 
 
-class BundleError(ValueError):
-    """A bundle problem; the message names the engine and the command that fixes it."""
-
-    def __init__(self, message: str, engine: str | None = None):
-        super().__init__(message)
-        self.engine = engine
-
-
-# ----------------------------------------------------------------------------------------- helpers
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def file_record(root: str | os.PathLike, path: str | os.PathLike) -> dict:
-    """``{"path": <relative to root>, "sha256", "size"}`` for a file inside ``root``."""
-    root = Path(root).resolve()
-    p = Path(path)
-    p = p if p.is_absolute() else root / p
-    rel = p.resolve().relative_to(root).as_posix()
-    return {"path": rel, "sha256": sha256_file(p), "size": p.stat().st_size}
-
-
-def normalize_cc(cc: Any) -> str:
-    """Compute capability in one spelling: ``(8, 9)``, ``"8.9"``, ``"89"``, ``"sm89"``, ``"SM_89"`` -> ``"sm_89"``."""
-    if cc is None:
-        raise ValueError("compute capability is None")
-    if isinstance(cc, (tuple, list)) and len(cc) == 2:
-        return f"sm_{int(cc[0])}{int(cc[1])}"
-    s = str(cc).strip().lower().replace("sm_", "").replace("sm", "")
-    m = re.fullmatch(r"(\d+)\.(\d)", s)
-    if m:
-        return f"sm_{m.group(1)}{m.group(2)}"
-    if re.fullmatch(r"\d{2,3}", s):
-        return f"sm_{s}"
-    raise ValueError(f"cannot read compute capability {cc!r}; expected e.g. (8, 9), '8.9' or 'sm_89'")
-
-
-def safe_path(root: str | os.PathLike, rel: str, what: str = "file") -> Path:
-    """Resolve ``rel`` inside ``root``; refuse absolute paths, ``..`` and symlinks that leave ``root``."""
-    if not isinstance(rel, str) or not rel:
-        raise BundleError(f"{what}: path {rel!r} is not a non-empty string")
-    if "\x00" in rel or "\\" in rel:
-        raise BundleError(f"{what}: path {rel!r} contains a NUL or backslash; bundle paths are POSIX relative paths")
-    if rel.startswith("/") or os.path.isabs(rel) or re.match(r"^[A-Za-z]:", rel):
-        raise BundleError(f"{what}: absolute path {rel!r} refused; bundle paths must be relative to the bundle folder")
-    if any(part == ".." for part in rel.split("/")):
-        raise BundleError(f"{what}: path {rel!r} contains '..'; bundle paths must stay inside the bundle folder")
-    root_r = Path(root).resolve()
-    p = (root_r / rel).resolve()
-    try:
-        p.relative_to(root_r)
-    except ValueError:
-        raise BundleError(
-            f"{what}: {rel!r} resolves to {p}, outside the bundle folder {root_r} (symlink out of the bundle?); refused"
-        ) from None
-    return p
-
-
-# ------------------------------------------------------------- ONNX external data (protobuf, no onnx import)
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        if i >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of one protobuf message; length-delimited values are bytes."""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        fno, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = _varint(buf, i)
-        elif wt == 1:
-            v, i = buf[i : i + 8], i + 8
-        elif wt == 2:
-            ln, i = _varint(buf, i)
-            if i + ln > n:
-                raise ValueError("truncated length-delimited field")
-            v, i = buf[i : i + ln], i + ln
-        elif wt == 5:
-            v, i = buf[i : i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wt}")
-        yield fno, wt, v
-
-
-# Which fields of which ONNX message hold messages that may contain a TensorProto (onnx.proto3 numbering).
-_SUB = {
-    "model": {7: "graph", 25: "function"},
-    "function": {7: "node"},
-    "graph": {1: "node", 5: "tensor", 15: "sparse"},
-    "node": {5: "attr"},
-    "attr": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
-    "sparse": {1: "tensor", 2: "tensor"},
-}
-
-
-def _tensor_locations(buf: bytes) -> tuple[str, str | None]:
-    name, loc = "", None
-    for fno, wt, v in _fields(buf):
-        if fno == 8 and wt == 2:
-            name = v.decode("utf-8", "replace")
-        elif fno == 13 and wt == 2:
-            key = val = None
-            for f2, w2, v2 in _fields(v):
-                if f2 == 1 and w2 == 2:
-                    key = v2.decode("utf-8", "replace")
-                elif f2 == 2 and w2 == 2:
-                    val = v2.decode("utf-8", "replace")
-            if key == "location":
-                loc = val
-    return name, loc
-
-
-def onnx_external_locations(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(tensor name, external-data ``location``) for every externally stored tensor in an ONNX file.
-
-    Reads the protobuf wire format directly (the run side imports neither onnx nor torch).
-    """
-    data = Path(path).read_bytes()
-    out: list[tuple[str, str]] = []
-
-    def walk(buf: bytes, kind: str, depth: int) -> None:
-        if depth > 64:
-            raise ValueError("ONNX nesting deeper than 64 levels")
-        if kind == "tensor":
-            name, loc = _tensor_locations(buf)
-            if loc is not None:
-                out.append((name, loc))
-            return
-        sub = _SUB[kind]
-        for fno, wt, v in _fields(buf):
-            if wt == 2 and fno in sub:
-                walk(v, sub[fno], depth + 1)
-
-    walk(data, "model", 0)
-    return out
-
-
-# ------------------------------------------------------------------------------------- environment
-@dataclass(frozen=True)
-class BackendEnv:
-    """What the caller's machine offers for one plan backend (compared with a plan's recorded build)."""
-
-    backend: str  # "tensorrt" | "tensorrt_rtx"
-    version: str  # library version, e.g. "11.4.0.106" / "1.7.1.116"
-    compute_capability: str | None = None  # e.g. "sm_89"; None = do not check
-    gpu_name: str | None = None
-
-    @classmethod
-    def detect(cls, backend: str) -> "BackendEnv":
-        """Library version of ``backend`` and the current GPU's compute capability (via cuda-python)."""
-        from .engines.tensorrt import detect_environment  # lazy: imports tensorrt / cuda-python
-
-        return detect_environment(backend)
-
-
-# ------------------------------------------------------------------------------------------- bundle
 @dataclass
 class EngineEntry:
     name: str
@@ -263,6 +47,11 @@ class EngineEntry:
     @property
     def profiles(self) -> list[dict]:
         return list(self.raw.get("profiles", []))
+
+    @property
+    def profile_dims(self) -> dict[str, dict[str, int]]:
+        """Named optimization profiles of a dynamic engine: name -> sizes of its symbolic dims, in plan order."""
+        return {p["name"]: dict(p["dims"]) for p in self.profiles if "name" in p}
 
     @property
     def notes(self) -> str:
@@ -341,7 +130,7 @@ class Bundle:
         d = self.manifest.get("generator_config")
         if d is None:
             return None
-        from .config import GeneratorConfig
+        from ..config import GeneratorConfig
 
         return GeneratorConfig.from_dict(d)
 
@@ -449,6 +238,18 @@ class Bundle:
             names.add(t.name)
         ins = {t.name: t for t in e.inputs}
         outs = {t.name: t for t in e.outputs}
+        dynamic = [t.name for t in e.inputs + e.outputs if t.is_dynamic]
+        if dynamic:
+            if not e.profile_dims:
+                raise BundleError(f"engine {e.name!r}: tensors {dynamic[:3]} have symbolic dims but the manifest names "
+                                  f"no profiles; rebuild: `{self.rebuild_command(e.name)}`", e.name)
+            for prof, dims in e.profile_dims.items():
+                try:
+                    for t in e.inputs + e.outputs:
+                        t.concrete(dims)
+                except ValueError as err:
+                    raise BundleError(f"engine {e.name!r}, profile {prof!r}: {err}; rebuild: "
+                                      f"`{self.rebuild_command(e.name)}`", e.name) from None
         for o, i in e.state_map.items():
             if o not in outs or i not in ins:
                 raise BundleError(
@@ -535,26 +336,3 @@ class Bundle:
                     f"{' (' + env.gpu_name + ')' if env.gpu_name else ''}; {fix}",
                     e.name,
                 )
-
-
-def _vkey(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v))
-
-
-def write_manifest(root: str | os.PathLike, manifest: dict) -> Path:
-    """Write ``manifest.json`` atomically (sorted keys, numpy scalars made plain)."""
-
-    def default(o):
-        if isinstance(o, (np.integer,)):
-            return int(o)
-        if isinstance(o, (np.floating,)):
-            return float(o)
-        if isinstance(o, tuple):
-            return list(o)
-        raise TypeError(f"not JSON serialisable: {type(o)}")
-
-    p = Path(root) / MANIFEST_NAME
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=default) + "\n")
-    os.replace(tmp, p)
-    return p

@@ -1,0 +1,181 @@
+"""The export pipeline: load the model families -> (quantize) -> export ONNX -> check on ORT -> build plans -> bundle.
+
+``options`` is the parsed ``sanawm-export`` command line (``sanawm.export.cli.parse_args``). Bad input raises
+``ExportInputError`` (the CLI logs it as one line and exits 2); anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .. import __version__
+from ..bundle import PLAN_BACKENDS
+from ..constants import GENERATOR_ENGINES, REFINER_ENGINES, VAE_ENGINES
+from .job import EngineJob, ExportInputError, sha256_path
+
+log = logging.getLogger("sanawm.export")
+CALIBRATED_PRECISIONS = ("fp8", "fp16")  # run the calibration loop (FP8 scales, FP16 range check): it keys the stage
+
+
+def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | None]:
+    """Load every requested model family: (jobs, generator config or None, source, vae section, refiner section)."""
+    ckpt_sha = None
+    if a.checkpoint is not None:
+        if not a.checkpoint.exists():
+            raise ExportInputError(f"checkpoint {a.checkpoint} does not exist")
+        log.info("hashing checkpoint %s ...", a.checkpoint)
+        ckpt_sha = sha256_path(a.checkpoint)
+    source = {"checkpoint": str(a.checkpoint) if a.checkpoint else None, "checkpoint_sha256": ckpt_sha,
+              "random_seed": a.seed if a.random else None}
+    gen_names = [e for e in a.engines if e in GENERATOR_ENGINES]
+    vae_names = [e for e in a.engines if e in VAE_ENGINES]
+    ref_names = [e for e in a.engines if e in REFINER_ENGINES]
+    cfg = vae_info = ref_info = None
+    jobs: list[EngineJob] = []
+    if gen_names or vae_names or ref_names:
+        from ..config import get_config
+
+        cfg = get_config(a.config)
+    if gen_names:
+        from .families.generator import generator_jobs, load_generator_model
+
+        model = load_generator_model(a.checkpoint, cfg, a.config, a.seed)
+        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks)
+    if vae_names:
+        from .families.vae import prepare_vae
+
+        vjobs, vae_info = prepare_vae(a.vae, a.config, a.seed, cfg, a.precision, vae_names)
+        jobs += vjobs
+    if ref_names:
+        from .families.refiner import prepare_refiner
+
+        rjobs, ref_info = prepare_refiner(a.refiner, a.seed, cfg, a.precision, ref_names, a.refiner_caption_length,
+                                          a.refiner_kv_max_frames, a.refiner_fps, a.calib_chunks,
+                                          a.precision in CALIBRATED_PRECISIONS)
+        jobs += rjobs
+    if "toy" in a.engines:
+        from .families.toy import toy_job
+
+        jobs.append(toy_job(a.seed))
+    return jobs, cfg, source, vae_info, ref_info
+
+
+def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict:
+    """One engine's ONNX stage: quantize or convert, export, and check the graph against torch on ORT CPU."""
+    from .half import convert_fp16
+    from .onnx import export_onnx
+    from .quantize import quantize_fp8
+
+    module, facts = job.module, {"opset": opset}
+    what = f"{max(1, a.calib_chunks) + 1} refiner block(s)" if job.name in REFINER_ENGINES else f"{a.calib_chunks} chunk(s)"
+    if precision == "fp8":
+        log.info("[%s] fp8: calibrating over %s ...", job.name, what)
+        module, rep = quantize_fp8(job.module, job.calibrate)
+        facts["fp8_layers"] = rep.layers
+    elif precision == "fp16":
+        log.info("[%s] fp16: converting, range check over %s ...", job.name, what)
+        module, hrep = convert_fp16(job.module, job.calibrate)
+        facts["fp16_layers"] = hrep.layers
+        facts["fp16_max_activation"] = hrep.max_activation
+    sample = job.sample() if callable(job.sample) else job.sample
+    checks = [job.profile_samples(p) for p in job.profiles] if job.profiles else None
+    res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample, dims=job.dims, check_inputs=checks)
+    log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
+    facts["ort_check_rel_error"] = res.max_rel_error
+    # FP16: a 1-ulp FP32 difference before a Cast moves the FP16 value by one FP16 ulp (2^-11 relative),
+    # and chained layers add them up (tiny generator: 1.2e-3); a wrong graph is O(1)
+    err, what, bound = res.max_rel_error, "rel err", 5e-3 if precision == "fp16" else 1e-3
+    if precision == "fp8":
+        # Free-running FP8 outputs drift apart by FP8 rounding flips however correct the graph is
+        # (see fp8_layer_check); gate on the teacher-forced comparison where it is defined.
+        from .blocks import AmbiguousTaps, fp8_layer_check
+        from .onnx import random_inputs
+
+        try:
+            io = job.io.concrete(job.profiles["next"]) if job.profiles else job.io
+            chk = fp8_layer_check(module, io, art.onnx, sample if sample is not None else random_inputs(job.io))
+            err, what = max(chk["forced"].values()), "teacher-forced FP8 rel err"
+            facts["ort_check_fp8_forced_rel_error"] = err
+        except AmbiguousTaps:  # a layer runs twice per call: keep the free-running check, FP8-level bound
+            what, bound = "free-running FP8 rel err", 5e-2
+        log.info("[%s] fp8 check: %s %.2e (bound %.0e)", job.name, what, err, bound)
+    if not err < bound:
+        raise RuntimeError(f"[{job.name}] ONNX and torch disagree ({what} {err:.2e} >= {bound:.0e}); "
+                           "not writing the bundle")
+    return facts
+
+
+def build_plans(w, job: EngineJob, a) -> None:
+    """The TensorRT / TensorRT-RTX plan stages of one engine (one per requested plan backend)."""
+    for b in a.backends:
+        if b not in PLAN_BACKENDS:
+            continue
+        from ..engines.tensorrt import import_trt
+        from .build import build_engine
+
+        trt = import_trt(b)
+        targets = [t for t in a.rtx_targets.split(",") if t] if b == "tensorrt_rtx" else None
+        stream = job.name in a.weight_streaming
+        bkey = {"backend": b, "version": trt.__version__, "opt": a.opt_level, "targets": targets}
+        if stream:
+            bkey["weight_streaming"] = True
+
+        profiles = None
+        if job.profiles:  # one optimization profile per call shape, in the manifest's profile order
+            profiles = [{t.name: (t.shape,) * 3 for t in job.io.concrete(dims).inputs
+                         if next(x for x in job.io.inputs if x.name == t.name).is_dynamic}
+                        for dims in job.profiles.values()]
+
+        def build(art, b=b, targets=targets, stream=stream, profiles=profiles):
+            return build_engine(art.onnx, art.plan(b), backend=b, optimization_level=a.opt_level,
+                                timing_cache=a.timing_cache, compute_capabilities=targets,
+                                weight_streaming=stream, profiles=profiles).build
+
+        w.stage_plan(job.name, b, bkey, build)
+
+
+def run_export(a) -> Path:
+    """The whole export for parsed options ``a``; returns the manifest path."""
+    from .bundle_writer import BundleWriter
+    from .half import FP16RangeError
+    from .onnx import DEFAULT_OPSET
+
+    opset = a.opset or DEFAULT_OPSET
+    jobs, cfg, source, vae_info, ref_info = collect_jobs(a)
+    w = BundleWriter(
+        a.out,
+        source=source,
+        export={"config": a.config, "precision": a.precision, "opset": opset, "calib_chunks": a.calib_chunks},
+        generator_config=cfg.to_dict() if cfg is not None else None,
+        vae=vae_info,
+        refiner=ref_info,
+    )
+    if cfg is not None:  # what the runtime checks prompt files against (sanawm.text.spec)
+        from ..text.spec import expected_stage1_encoder
+
+        w.manifest["text"] = {
+            "stage1_encoder": expected_stage1_encoder(cfg),
+            "caption_length": cfg.caption_length,
+            "caption_channels": cfg.caption_channels,
+            "refiner_channels": (ref_info or {}).get("layout", {}).get("caption_channels"),
+        }
+    for job in jobs:
+        precision = job.precision or a.precision
+        profiles = [{"name": k, "dims": v} for k, v in (job.profiles or {}).items()]
+        w.engine(job.name, kind=job.kind, io=job.io, precision=precision, notes=job.notes, chains_to=job.chains_to,
+                 profiles=profiles)
+        if job.key is not None:  # VAE: its own weights; the generator checkpoint does not matter
+            key = {**job.key, "engine": job.name, "precision": precision, "opset": opset, "sanawm": __version__}
+        else:
+            key = {"source": source, "config": a.config, "cfg": cfg.to_dict() if cfg else None, "engine": job.name,
+                   "precision": precision, "opset": opset, "sanawm": __version__,
+                   "calib_chunks": a.calib_chunks if precision in CALIBRATED_PRECISIONS else None}
+        try:
+            w.stage_onnx(job.name, key, lambda art, job=job, precision=precision: export_and_check(job, art, precision, a, opset))
+        except FP16RangeError as e:  # bad input for this precision, not a bug: say which layers and what to do
+            raise ExportInputError(f"[{job.name}] {e}") from e
+        build_plans(w, job, a)
+    path = w.write()
+    log.info("bundle written: %s (%d engines)", path, len(w.manifest["engines"]))
+    return path

@@ -56,12 +56,13 @@ def model_facts(config: str):
     from device_plan_models import generator_facts, refiner_facts, vae_decoder_facts
 
     from sanawm.config import get_config
+    from sanawm.export.families.refiner import FULL_REFINER_CAPTION_LENGTH, TINY_REFINER_CAPTION_LENGTH
     from sanawm.models.refiner import RefinerLayout
     from sanawm.models.vae import full_vae_config, tiny_vae_config
 
     cfg = get_config(config)
     vae_cfg = full_vae_config() if config == "full" else tiny_vae_config(latent_channels=cfg.in_channels)
-    caption = 1024 if config == "full" else 16  # sanawm.export.cli FULL_ / TINY_REFINER_CAPTION_LENGTH
+    caption = FULL_REFINER_CAPTION_LENGTH if config == "full" else TINY_REFINER_CAPTION_LENGTH
     layout = RefinerLayout(cfg.latent_height, cfg.latent_width, caption)
     ref, core = refiner_facts(layout, config != "full", cfg.in_channels)
     facts = {"generator": generator_facts(cfg), "vae_decoder": vae_decoder_facts(vae_cfg, (cfg.latent_height, cfg.latent_width)),
@@ -73,17 +74,19 @@ def engine_plans(cfg, vae_cfg, layout, facts, core, precision: str, kv: str, res
     from device_plan_engines import decoder_engine_io, refiner_engine_io
     from device_plan_run import EnginePlan
 
-    from sanawm.spec import GENERATOR_ENGINE, generator_engine_io, generator_profiles
+    from sanawm.constants import GENERATOR
+    from sanawm.export.families.vae import VAE_PRECISION
+    from sanawm.spec import generator_engine_io, generator_profiles
 
     g, v, r = facts["generator"], facts["vae_decoder"], facts["refiner"]
     dio, dprof = decoder_engine_io(vae_cfg, (cfg.latent_height, cfg.latent_width))
     rio, rprof = refiner_engine_io(core, layout, kv)
     return {
-        "generator": EnginePlan(GENERATOR_ENGINE, with_kv_dtype(generator_engine_io(cfg), kv), generator_profiles(cfg),
+        "generator": EnginePlan(GENERATOR, with_kv_dtype(generator_engine_io(cfg), kv), generator_profiles(cfg),
                                 g.weight_bytes(precision, rest_bytes),
                                 {p: _align(c.peak_live_fused) for p, c in g.calls.items()}),
-        # the exporter keeps the VAE in FP32 (sanawm.export.cli VAE_PRECISION)
-        "vae_decoder": EnginePlan("vae_decoder", dio, dprof, v.weight_bytes("fp32", 4),
+        # the VAE precision the exporter uses (FP32 today)
+        "vae_decoder": EnginePlan("vae_decoder", dio, dprof, v.weight_bytes(VAE_PRECISION, 4),
                                   {p: _align(v.calls[p].peak_live) for p in dprof}),
         # planned: the block profile runs the step graph (history by ring + copies, not shifted in the graph)
         "refiner": EnginePlan("refiner", rio, rprof, r.weight_bytes(precision, rest_bytes),

@@ -252,7 +252,9 @@ def run_pipeline(variant: str, cfg, plans: dict, chunks: int, refiner_layout=Non
             for name, m in mem.items():
                 t = m.traffic
                 rec.traffic[name] = {"h2d": t.h2d_bytes, "d2h": t.d2h_bytes, "d2d": t.d2d_bytes,
-                                     "h2d_calls": t.h2d_calls, "d2h_calls": t.d2h_calls, "by_name": dict(t.by_name),
+                                     "h2d_calls": t.h2d_calls, "d2h_calls": t.d2h_calls, "d2d_calls": t.d2d_calls,
+                                     # host crossings by tensor (device copies are thousands of per-head views)
+                                     "by_name": {k: v for k, v in t.by_name.items() if not k.startswith("d2d:")},
                                      "allocations": t.allocations - allocs[name]}
             rec.device = _diff(_device_counters(dev), before)
             records.append(rec)

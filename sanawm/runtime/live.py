@@ -60,6 +60,7 @@ class LiveChunk:
     frames: np.ndarray | None  # [F, H, W, 3] uint8 (None without a VAE decoder)
     latents: np.ndarray  # [1, C, n, h, w] refined latents
     poses: np.ndarray  # [F, 4, 4] c2w of the chunk's video frames (frame 0 = the first frame's camera)
+    velocities: np.ndarray  # [F, 4] the rig's eased velocity at each frame (forward, strafe, yaw, pitch)
     first_frame: int  # index of the chunk's first video frame in the clip (the conditioning frame is 0)
     seq: int  # newest input sequence number this chunk reflects
     timings: dict = field(default_factory=dict)
@@ -184,7 +185,8 @@ class LiveSession:
         self.poses.extend(new)
         self.log.append({"chunk": c, **entry})
         timings = {"camera": t1 - t0, **chunk.timings}
-        return LiveChunk(c, chunk.frames, chunk.refined, new, first, int(entry.get("seq", 0)), timings)
+        return LiveChunk(c, chunk.frames, chunk.refined, new, np.stack(self.rig.trace), first, int(entry.get("seq", 0)),
+                         timings)
 
     # ------------------------------------------------------------------ replay / fork / snapshot
     @classmethod

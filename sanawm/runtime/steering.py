@@ -70,6 +70,14 @@ class CameraRig:
             raise ValueError(f"unknown action style {self.style!r}; allowed: {sorted(ACTION_STYLES)}")
         self.R, self.t, self.pitch = np.eye(3), np.zeros(3), 0.0
         self.velocity = np.zeros(len(AXES))
+        self.trace: list[np.ndarray] = []
+
+    def place(self, pose: np.ndarray, velocity=None) -> "CameraRig":
+        """Put the rig at ``pose`` (4, 4) with ``velocity`` (default: at rest); returns self."""
+        self.R, self.t = np.array(pose[:3, :3], np.float64), np.array(pose[:3, 3], np.float64)
+        self.pitch = math.asin(max(-1.0, min(1.0, -self.R[1, 2])))  # pitch of the forward axis (for the limit)
+        self.velocity = np.zeros(len(AXES)) if velocity is None else np.array(velocity, np.float64)
+        return self
 
     @property
     def pose(self) -> np.ndarray:
@@ -111,14 +119,18 @@ class CameraRig:
     def roll(self, held: frozenset[str], frames: int, mouse_deg=(0.0, 0.0)) -> np.ndarray:
         """``frames`` steps with ``held`` keys; a mouse turn (yaw, pitch degrees) is spread evenly over them."""
         yaw, pitch = (float(m) / frames for m in mouse_deg)
-        return np.stack([self.step(held, yaw, pitch) for _ in range(frames)])
+        poses, self.trace = [], []  # trace: the velocity after each frame (the server's preview starts from it)
+        for _ in range(frames):
+            poses.append(self.step(held, yaw, pitch))
+            self.trace.append(self.velocity.copy())
+        return np.stack(poses)
 
     def follow(self, segment) -> np.ndarray:
         """Append an explicit path: ``segment`` (k, 4, 4) c2w relative to the current pose; returns the poses."""
         seg = as_c2w(segment)
         out = self.pose @ seg
-        self.R, self.t = out[-1, :3, :3].copy(), out[-1, :3, 3].copy()
-        self.pitch = math.asin(max(-1.0, min(1.0, -self.R[1, 2])))  # pitch of the forward axis (for the limit)
+        self.place(out[-1], self.velocity)
+        self.trace = [self.velocity.copy()] * len(out)
         return out
 
     def state_dict(self) -> dict:

@@ -216,7 +216,7 @@ async def op_fork(mgr, slot, msg):
 async def op_resume(mgr, slot, msg):
     if slot.live is not None:
         raise ProtocolError("already_started", "this connection already runs a session; open another to resume")
-    slot.attach_live(await mgr.restore(msg["id"]), DEFAULT_FPS)
+    slot.attach_live(await mgr.restore(msg["id"]), msg.get("fps", DEFAULT_FPS))
     slot.running = True
     start_loops(mgr, slot)
     await send_json(slot, _started(slot, resumed=msg["id"]))

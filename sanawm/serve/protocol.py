@@ -6,7 +6,7 @@ Client -> server, one JSON object per text message, ``op`` names it:
     {"op": "keys", "keys": "wd", "seq": 12}            held keys (w a s d i j k l), the full set each time
     {"op": "mouse", "dx": 14, "dy": -3, "seq": 13}     mouse-look, pixels (MOUSE_DEG_PER_PX degrees each)
     {"op": "stop"} | {"op": "go"}                       pause / continue generating
-    {"op": "snapshot"} | {"op": "fork"} | {"op": "resume", "id": "<snapshot id>"} | {"op": "ping"}
+    {"op": "snapshot"} | {"op": "fork"} | {"op": "resume", "id": "<snapshot id>", "fps": 16} | {"op": "ping"}
 
 Server -> client: JSON text messages ``{"type": "hello" | "started" | "snapshot" | "forked" | "error" | "idle"
 | "end" | "pong", ...}`` and binary frames: a 4-byte big-endian header length, the header (UTF-8 JSON:
@@ -31,7 +31,7 @@ SCHEMA = {
     "keys": {"keys": ((str, list), True), "seq": (int, False)},
     "mouse": {"dx": ((int, float), True), "dy": ((int, float), True), "seq": (int, False)},
     "stop": {}, "go": {}, "snapshot": {}, "fork": {}, "ping": {"t": ((int, float), False)},
-    "resume": {"id": (str, True)},
+    "resume": {"id": (str, True), "fps": ((int, float), False)},
 }
 
 
@@ -79,13 +79,13 @@ def _check_values(op: str, msg: dict) -> None:
         raise ProtocolError("bad_field", f"seq must be in [0, 2^53); got {msg['seq']}")
     if op == "mouse" and not all(abs(float(msg[k])) <= MAX_MOUSE_PX for k in ("dx", "dy")):
         raise ProtocolError("bad_field", f"mouse dx, dy must be finite and at most {MAX_MOUSE_PX:g} pixels")
+    if op in ("start", "resume") and not 0 <= msg.get("fps", 0) <= MAX_FPS:
+        raise ProtocolError("bad_field", f"fps must be in [0, {MAX_FPS}] (0 = as fast as generated)")
     if op == "start":
         if "scene" in msg and "upload" in msg:
             raise ProtocolError("bad_field", "start takes either \"scene\" or \"upload\", not both")
         if len(msg.get("prompt", "")) > MAX_PROMPT_CHARS:
             raise ProtocolError("bad_field", f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-        if not 0 <= msg.get("fps", 0) <= MAX_FPS:
-            raise ProtocolError("bad_field", f"fps must be in [0, {MAX_FPS}] (0 = as fast as generated)")
         if not 0 <= msg.get("seed", 0) < 2**63:
             raise ProtocolError("bad_field", "seed must be in [0, 2^63)")
 

@@ -40,7 +40,9 @@ async def send_shown(manager, slot, shown: Shown) -> None:
     K = slot.K
     jpeg = await loop.run_in_executor(manager.render_pool, lambda: encode_jpeg(shown.render(K)))
     src = shown.source
-    header = {"kind": shown.kind, "chunk": src.chunk, "frame": src.frame, "seq": shown.seq,
+    # seq: newest input the shown picture reflects (with the preview); gen_seq: newest input the generated
+    # content itself reflects (its chunk's camera read it), which is what key -> generated frame measures
+    header = {"kind": shown.kind, "chunk": src.chunk, "frame": src.frame, "seq": shown.seq, "gen_seq": src.seq,
               "pose": [round(float(v), 6) for v in shown.pose.ravel()], "sent_ms": time.time() * 1000.0,
               "timings": {k: round(v * 1000.0, 2) for k, v in src.timings.items()}, "queued": slot.player.queued}
     async with slot.send_lock:

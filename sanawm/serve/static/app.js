@@ -95,11 +95,11 @@ function draw(header, bmp) {
   fpsTimes.push(now);
   while (fpsTimes.length && fpsTimes[0] < now - 1000) fpsTimes.shift();
   stats.fps = fpsTimes.length;
-  // key -> photon: the first drawn frame of each kind whose sequence number covers the key press
+  // key -> photon: the first drawn reprojection that covers the key press, and the first drawn frame whose
+  // generated content covers it (gen_seq; it may be warped further for a newer key)
   for (const p of pending) {
-    if (header.seq < p.seq) continue;
-    if (header.kind === "reproj" && p.reproj == null) { p.reproj = now - p.t; push(stats.latReproj, p.reproj); }
-    if (header.kind === "gen" && p.gen == null) { p.gen = now - p.t; push(stats.latGen, p.gen); }
+    if (header.kind === "reproj" && header.seq >= p.seq && p.reproj == null) { p.reproj = now - p.t; push(stats.latReproj, p.reproj); }
+    if (header.gen_seq >= p.seq && p.gen == null) { p.gen = now - p.t; push(stats.latGen, p.gen); }
   }
   pending = pending.filter((p) => p.gen == null);
   hud();

@@ -59,6 +59,7 @@ async def latency(http, port, seconds: float) -> dict:
     sent: dict[int, float] = {}
     reproj: dict[int, float] = {}
     gen: dict[int, float] = {}
+    render: list[float] = []  # server-side warp + JPEG time of the frames that answered a key
 
     async def reader():
         async for m in ws:
@@ -69,6 +70,7 @@ async def latency(http, port, seconds: float) -> dict:
             for s, t in sent.items():
                 if h["kind"] == "reproj" and s <= h["seq"] and s not in reproj:
                     reproj[s] = now - t
+                    render.append(h["render_ms"] / 1000.0)
                 if s <= h["gen_seq"] and s not in gen:  # generated content that read the key (maybe warped further)
                     gen[s] = now - t
 
@@ -89,7 +91,8 @@ async def latency(http, port, seconds: float) -> dict:
         return {"p50_ms": round(float(np.percentile(v, 50)), 1), "p95_ms": round(float(np.percentile(v, 95)), 1),
                 "n": int(v.size)} if v.size else {"n": 0}
 
-    return {"presses": seq, "key_to_reprojected": pct(reproj), "key_to_generated": pct(gen)}
+    return {"presses": seq, "key_to_reprojected": pct(reproj), "key_to_generated": pct(gen),
+            "reprojection_warp_and_jpeg": pct(dict(enumerate(render)))}
 
 
 async def throughput(http, port, sessions: int, seconds: float) -> dict:
@@ -139,20 +142,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", default="sanawm-demo-bundle")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve-cpu.json"))
-    ap.add_argument("--latency-seconds", type=float, default=40.0)
-    ap.add_argument("--throughput-seconds", type=float, default=10.0)
+    ap.add_argument("--latency-seconds", type=float, default=30.0)
+    ap.add_argument("--throughput-seconds", type=float, default=8.0)
+    ap.add_argument("--threads", default="0,1", help="sanawm serve --threads values to run (onnxruntime intra-op "
+                                                    "threads; 0 = its default, all cores)")
     args = ap.parse_args(argv)
-    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with tempfile.TemporaryDirectory() as snaps:
-        server = subprocess.Popen([sys.executable, "-m", "sanawm.cli", "serve", "--bundle", args.bundle, "--port", str(port),
-                                   "--snapshot-dir", snaps, "--idle-timeout", "3", "--max-seconds", "600",
-                                   "--max-sessions", "4"], env=env)
-        try:
-            result = asyncio.run(run(args, port))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    result = {}
+    for threads in (int(t) for t in args.threads.split(",")):
+        port = free_port()
+        with tempfile.TemporaryDirectory() as snaps:
+            server = subprocess.Popen([sys.executable, "-m", "sanawm.cli", "serve", "--bundle", args.bundle, "--port",
+                                       str(port), "--snapshot-dir", snaps, "--idle-timeout", "3", "--max-seconds", "600",
+                                       "--max-sessions", "4", "--threads", str(threads)], env=env)
+            try:
+                result[f"onnxruntime_threads_{threads or 'default'}"] = asyncio.run(run(args, port))
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
     result["setup"] = {"bundle": "tiny random (sanawm demo), ONNX Runtime CPU FP32, 128x192 frames, 24 frames per chunk",
                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)",
                        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}

@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need --token)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime | tensorrt | tensorrt_rtx")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads per engine (0: its default); "
+                                                          "fewer leave a core for the event loop and reprojection")
     p.add_argument("--token", default=os.environ.get(TOKEN_ENV),
                    help=f"bearer token the API and WebSocket require (default ${TOKEN_ENV}; none: open)")
     p.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions; more get HTTP 503 + Retry-After")
@@ -86,7 +88,8 @@ def serve(args) -> int:
         bundle = Path(args.bundle)
         if not bundle.is_dir():
             raise ValueError(f"--bundle {bundle} does not exist; build one with sanawm-export or omit --bundle for the demo")
-    runtime = Runtime.load(bundle, args.backend)
+    options = {"threads": args.threads} if args.threads and args.backend == "onnxruntime" else {}
+    runtime = Runtime.load(bundle, args.backend, **options)
     if not runtime.has_decoder or not runtime.has_encoder:
         raise ValueError(f"bundle {bundle} lacks the VAE encoder/decoder; serve needs images in and out: "
                          "rebuild it with `sanawm-export ... --engines generator_first,generator_next,vae_encoder,"

@@ -38,13 +38,16 @@ async def send_shown(manager, slot, shown: Shown) -> None:
         return
     loop = asyncio.get_running_loop()
     K = slot.K
+    t0 = time.perf_counter()
     jpeg = await loop.run_in_executor(manager.render_pool, lambda: encode_jpeg(shown.render(K)))
+    render_ms = (time.perf_counter() - t0) * 1000.0
     src = shown.source
     # seq: newest input the shown picture reflects (with the preview); gen_seq: newest input the generated
     # content itself reflects (its chunk's camera read it), which is what key -> generated frame measures
     header = {"kind": shown.kind, "chunk": src.chunk, "frame": src.frame, "seq": shown.seq, "gen_seq": src.seq,
               "pose": [round(float(v), 6) for v in shown.pose.ravel()], "sent_ms": time.time() * 1000.0,
-              "timings": {k: round(v * 1000.0, 2) for k, v in src.timings.items()}, "queued": slot.player.queued}
+              "timings": {k: round(v * 1000.0, 2) for k, v in src.timings.items()}, "queued": slot.player.queued,
+              "render_ms": round(render_ms, 2)}
     async with slot.send_lock:
         if not ws.closed:
             await ws.send_bytes(pack_frame(header, jpeg))

@@ -41,12 +41,18 @@ def test_page_streams_frames_and_a_held_w_moves_forward(runtime, tmp_path):
             pose = np.array(next(s for s in app[MANAGER].describe() if s["id"] == sid)["pose"]).reshape(4, 4)
             shot = await browser.screenshot()
             await browser.key("keyUp", "w")
+            await browser.evaluate("document.getElementById('record').click()")  # record a second of the canvas
+            await asyncio.sleep(1.5)
+            await browser.evaluate("document.getElementById('record').click()")
+            link = await browser.wait_for("(() => { const a = document.getElementById('download'); "
+                                          "return !a.hidden && a.href.startsWith('blob:') && a.download; })()", timeout=20)
             stats = await browser.evaluate("window.sanawmStats")
             hud = await browser.evaluate("document.getElementById('hud').textContent")
             after = await browser.evaluate(CANVAS_SIGNATURE)
-            return before, after, pose, stats, hud, shot
+            return before, after, pose, stats, hud, shot, link
 
-    before, after, pose, stats, hud, shot = asyncio.run(asyncio.wait_for(main(), 150))
+    before, after, pose, stats, hud, shot, link = asyncio.run(asyncio.wait_for(main(), 150))
+    assert link in ("sanawm.mp4", "sanawm.webm")  # MediaRecorder produced a download
     assert pose[2, 3] > 0.2 and np.allclose(pose[:3, :3], np.eye(3))  # the server-side camera went forward
     assert before != after  # and the picture changed
     assert stats["errors"] == [] and stats["reproj"] > 0 and stats["gen"] > 24

@@ -167,7 +167,10 @@ async def op_start(mgr, slot, msg):
         image = mgr.uploads[msg["upload"]]
     else:
         image = scene_image(msg.get("scene", "road"), hw)
-    prompt = await mgr.prompt(msg.get("prompt", ""))
+    text = msg.get("prompt", "")
+    if text and mgr.prompt_encoder is not None and text not in mgr._prompts:
+        await send_json(slot, {"type": "status", "message": "encoding the prompt (the first time takes a while)"})
+    prompt = await mgr.prompt(text)
     live = await mgr.new_live(image, prompt, msg.get("seed", 0))
     slot.attach_live(live, msg.get("fps", DEFAULT_FPS))
     # the first frame is shown at once, so keys pressed before chunk 0 arrives already move the view

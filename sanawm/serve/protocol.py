@@ -8,8 +8,8 @@ Client -> server, one JSON object per text message, ``op`` names it:
     {"op": "stop"} | {"op": "go"}                       pause / continue generating
     {"op": "snapshot"} | {"op": "fork"} | {"op": "resume", "id": "<snapshot id>", "fps": 16} | {"op": "ping"}
 
-Server -> client: JSON text messages ``{"type": "hello" | "started" | "snapshot" | "forked" | "error" | "idle"
-| "end" | "pong", ...}`` and binary frames: a 4-byte big-endian header length, the header (UTF-8 JSON:
+Server -> client: JSON text messages ``{"type": "hello" | "started" | "status" | "snapshot" | "forked" | "error"
+| "idle" | "end" | "pong", ...}`` and binary frames: a 4-byte big-endian header length, the header (UTF-8 JSON:
 kind "gen" | "reproj", chunk, frame, seq, pose [16], sent_ms, timings) and a JPEG.
 """
 

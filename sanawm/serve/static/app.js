@@ -72,6 +72,7 @@ function onJson(msg, onHello) {
     log(`fork ${msg.id} (opened in a new tab)`);
     window.open(location.pathname + "?attach=" + encodeURIComponent(msg.id) + location.hash, "_blank");
   } else if (msg.type === "error") { stats.errors.push(msg); log(`error ${msg.code}: ${msg.message}`); }
+  else if (msg.type === "status") log(msg.message);
   else if (msg.type === "idle" || msg.type === "end") {
     log(msg.message); if (msg.snapshot) $("resume-id").value = msg.snapshot;
   }

@@ -153,6 +153,10 @@ class SessionManager:
             self.slots.pop(twin.id, None)
             raise
         twin.attach_live(live, slot.fps)
+        # frames generated but not shown yet, and the last one shown: the fork plays on from the same picture and
+        # can reproject at once (the engine lock is released, but no chunk was added since the copy)
+        twin.player.queue.extend(slot.player.queue)
+        twin.player.last = slot.player.last
         return twin
 
     def idle_slots(self, now: float | None = None) -> list[Slot]:

@@ -241,3 +241,36 @@ def test_bearer_token(runtime, tmp_path):
         await ws.close()
 
     run(body, runtime, tmp_path, token="s3cret")
+
+
+def test_snapshot_fork_and_mouse_over_the_socket(runtime, tmp_path):
+    async def body(client, app):
+        ws, sid = await start(client, scene="road", seed=3, fps=0)
+        pinger = keepalive(ws)
+        await recv(ws, lambda k, p: k == "frame" and p[0]["chunk"] >= 1)
+        await ws.send_json({"op": "snapshot"})
+        snap = (await recv(ws, lambda k, p: k == "json" and p["type"] == "snapshot"))[-1][1]["id"]
+        assert (tmp_path / "snaps" / f"{snap}.json").is_file()
+        await ws.send_json({"op": "fork"})
+        fid = (await recv(ws, lambda k, p: k == "json" and p["type"] == "forked"))[-1][1]["id"]
+        assert fid != sid and {sid, fid} <= set(app[MANAGER].slots)
+        mgr = app[MANAGER]
+        forked_at = mgr.slots[fid].live.chunks_done
+        assert forked_at >= 1 and mgr.slots[fid].live.log == mgr.slots[sid].live.log[:forked_at]
+        fork = await client.ws_connect(f"/ws?attach={fid}")
+        assert (await recv(fork, lambda k, p: k == "json" and p["type"] == "started"))[-1][1]["attached"]
+        fork_pinger = keepalive(fork)
+        await fork.send_json({"op": "mouse", "dx": 150, "dy": 0, "seq": 1})  # 15 degrees to the right
+        got = await recv(fork, lambda k, p: k == "frame" and p[0]["gen_seq"] >= 1)
+        assert any(p[0]["kind"] == "reproj" for k, p in got if k == "frame")  # answered before the chunk came
+        pose_fork = np.array(mgr.slots[fid].live.pose)
+        pose_orig = np.array(mgr.slots[sid].live.pose)
+        assert np.degrees(np.arctan2(pose_fork[0, 2], pose_fork[2, 2])) > 10.0  # the fork turned right
+        assert np.allclose(pose_orig, np.eye(4))  # the original did not move
+        assert all(e["mouse"] == [0.0, 0.0] for e in mgr.slots[sid].live.log)
+        for t in (pinger, fork_pinger):
+            t.cancel()
+        await fork.close()
+        await ws.close()
+
+    run(body, runtime, tmp_path)

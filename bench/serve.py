@@ -8,6 +8,8 @@ Starts `sanawm serve` in a subprocess (as a user would) and drives it with WebSo
   state change every KEY_PERIOD_S; the clock runs from sending the key message to receiving the first frame
   of each kind whose sequence number covers it (for generated frames: the input their chunk's camera read) (loopback, so the network adds almost nothing; the page adds
   its JPEG decode and paint, which the browser test records in its HUD);
+* the same in the page (headless system Chromium over the DevTools protocol, when installed): key press to
+  drawn frame, JPEG decode and paint included, as the HUD records it;
 * steady frames/s per session: unpaced (fps 0) sessions, generated frames received per second after a
   warm-up, with 1, 2 and 4 sessions at once.
 """
@@ -95,6 +97,32 @@ async def latency(http, port, seconds: float) -> dict:
             "reprojection_warp_and_jpeg": pct(dict(enumerate(render)))}
 
 
+async def page_latency(port, presses: int = 16) -> dict:
+    """Key -> drawn frame in the real page (the HUD's own numbers); skipped without a chromium binary."""
+    sys.path.insert(0, str(ROOT / "tests" / "serve"))
+    from serve_cdp import Chromium, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        return {"skipped": "no chromium binary"}
+    async with Chromium(binary) as b:
+        await b.call("Page.navigate", url=f"http://127.0.0.1:{port}/?autostart=1")
+        await b.wait_for("window.sanawmStats && window.sanawmStats.gen >= 24", timeout=60)
+        for i in range(presses):
+            await b.key("keyDown" if i % 2 == 0 else "keyUp", "d")
+            await asyncio.sleep(KEY_PERIOD_S)
+        await asyncio.sleep(3.0)
+        stats = await b.evaluate("window.sanawmStats")
+
+    def pct(v):
+        v = np.array(v)
+        return {"p50_ms": round(float(np.percentile(v, 50)), 1), "p95_ms": round(float(np.percentile(v, 95)), 1),
+                "n": int(v.size)} if v.size else {"n": 0}
+
+    return {"presses": presses, "key_to_reprojected_drawn": pct(stats["latReproj"]),
+            "key_to_generated_drawn": pct(stats["latGen"])}
+
+
 async def throughput(http, port, sessions: int, seconds: float) -> dict:
     wss = [await connect(http, port, scene="road", seed=i, fps=0) for i in range(sessions)]
     counts = [0] * sessions
@@ -132,6 +160,9 @@ async def run(args, port) -> dict:
                 pass
             await asyncio.sleep(0.1)
         out = {"latency_16fps": await latency(http, port, args.latency_seconds)}
+        await asyncio.sleep(4.0)  # the closed session idles out
+        out["page_latency_16fps"] = await page_latency(port)
+        await asyncio.sleep(4.0)
         for n in (1, 2, 4):
             out[f"unpaced_{n}_sessions"] = await throughput(http, port, n, args.throughput_seconds)
             await asyncio.sleep(4.0)  # the closed sessions idle out (idle timeout 3 s)

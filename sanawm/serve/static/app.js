@@ -102,7 +102,7 @@ function draw(header, bmp) {
     if (header.kind === "reproj" && header.seq >= p.seq && p.reproj == null) { p.reproj = now - p.t; push(stats.latReproj, p.reproj); }
     if (header.gen_seq >= p.seq && p.gen == null) { p.gen = now - p.t; push(stats.latGen, p.gen); }
   }
-  pending = pending.filter((p) => p.gen == null);
+  pending = pending.filter((p) => p.gen == null).slice(-LAT_KEEP);
   hud();
 }
 

@@ -20,8 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime | tensorrt | tensorrt_rtx")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per engine call (0: its default, "
-                   "all cores). 1 keeps a core for the event loop and reprojection and lets sessions run side by side: "
-                   "on 2 cores it gave key->reprojected p95 58 ms vs 120 ms and more frames/s (bench/results/serve-cpu.json)")
+                   "all cores). 1 keeps a core for the event loop and reprojection and lets sessions run side by side; on "
+                   "small CPUs it gives lower key latency and more frames/s (bench/results/serve-cpu.json)")
     p.add_argument("--token", default=os.environ.get(TOKEN_ENV),
                    help=f"bearer token the API and WebSocket require (default ${TOKEN_ENV}; none: open)")
     p.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions; more get HTTP 503 + Retry-After")

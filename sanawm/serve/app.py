@@ -134,7 +134,9 @@ async def websocket(request):
 
 def _started(slot, **extra) -> dict:
     live = slot.live
-    return {"type": "started", "id": slot.id, "fps": slot.fps, "chunks": live.chunks_done, "frames": live.num_frames,
+    # seq: the newest input sequence number the session has seen; a client continues above it (resume, attach)
+    return {"type": "started", "id": slot.id, "fps": slot.fps, "seq": live.controls.seq, "chunks": live.chunks_done,
+            "frames": live.num_frames,
             "max_frames": live.max_frames, "image_hw": list(live.image_hw), "intrinsics": live.intrinsics, **extra}
 
 

@@ -3,14 +3,16 @@
 Client -> server, one JSON object per text message, ``op`` names it:
 
     {"op": "start", "scene": "road" | "upload": "<id>", "prompt": "text", "seed": 0, "fps": 16}
-    {"op": "keys", "keys": "wd", "seq": 12}            held keys (w a s d i j k l), the full set each time
+    {"op": "keys", "keys": "wd", "seq": 12}            held keys (w a s d i j k l), the full set each time;
+                                                        seq increases per input, above "started"'s seq
     {"op": "mouse", "dx": 14, "dy": -3, "seq": 13}     mouse-look, pixels (MOUSE_DEG_PER_PX degrees each)
     {"op": "stop"} | {"op": "go"}                       pause / continue generating
     {"op": "snapshot"} | {"op": "fork"} | {"op": "resume", "id": "<snapshot id>", "fps": 16} | {"op": "ping"}
 
 Server -> client: JSON text messages ``{"type": "hello" | "started" | "status" | "snapshot" | "forked" | "error"
 | "idle" | "end" | "pong", ...}`` and binary frames: a 4-byte big-endian header length, the header (UTF-8 JSON:
-kind "gen" | "reproj", chunk, frame, seq, pose [16], sent_ms, timings) and a JPEG.
+kind "gen" | "reproj", chunk, frame, seq (newest input the picture reflects), gen_seq (newest input its
+generated content reflects), pose [16] (c2w it is shown from), sent_ms, timings, render_ms, queued) and a JPEG.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def test_idle_session_is_snapshotted_freed_and_resumes_bit_identically(runtime, 
         await ws2.send_json({"op": "resume", "id": snap, "fps": 0})
         started = (await recv(ws2, lambda k, p: k == "json" and p["type"] == "started"))[-1][1]
         done_before = started["chunks"]
-        assert started["resumed"] == snap and done_before >= 2
+        assert started["resumed"] == snap and done_before >= 2 and started["seq"] == 1
         await ws2.send_json({"op": "keys", "keys": "i", "seq": 2})
         pinger = keepalive(ws2)
         items = await recv(ws2, lambda k, p: k == "frame" and p[0]["frame"] == 144)  # the clip's last frame

@@ -65,6 +65,7 @@ function onJson(msg, onHello) {
   if (msg.type === "hello") { stats.id = msg.id; if (onHello && !msg.started) onHello(); }
   else if (msg.type === "started") {
     stats.id = msg.id; setRunning(true);
+    seq = Math.max(seq, msg.seq || 0);  // sequence numbers go on above the session's (resume, fork)
     log(`session ${msg.id} ${msg.resumed ? "resumed from " + msg.resumed : msg.attached ? "attached" : "started"}`);
     canvas.focus();
   } else if (msg.type === "snapshot") { $("resume-id").value = msg.id; log(`snapshot ${msg.id}`); }

@@ -5,6 +5,7 @@
                     | --prompt "text" (--stage1-encoder DIR | --tiny-encoder) [--cache-dir DIR]] --seconds 60 --seed 0
                     --backend onnxruntime --out clip.mp4 [--png-dir DIR] [--save-latents PATH] [--no-refiner]
     sanawm demo [--out demo.mp4] [--bundle-dir DIR] [--seconds N] [--prompt "text"]
+    sanawm serve [--bundle DIR] [--host 127.0.0.1 --port 8000] [--token T]   (live sessions in the browser)
     sanawm encode-prompt ...            (build side: Gemma text encoder; see `sanawm encode-prompt -h`)
 
 The generate and demo commands never import torch: the demo builds its tiny bundle in a subprocess, and a text
@@ -373,6 +374,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.cli import serve  # aiohttp loads only here
+
+    return serve(args)
+
+
 # -------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sanawm", description="SANA-WM world-model runtime (torch-free)")
@@ -419,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prompt", default=DEMO_PROMPT, help="encoded by the tiny random Gemma-2 on CPU (cached)")
     d.add_argument("--cache-dir", help="prompt cache (default: $SANAWM_CACHE/prompts or ~/.cache/sanawm/prompts)")
     d.set_defaults(func=cmd_demo)
+
+    from .serve.cli import add_arguments as add_serve_arguments
+
+    s = sub.add_parser("serve", help="steer live sessions from a browser: HTTP + WebSocket server (loopback by default)")
+    add_serve_arguments(s)
+    s.set_defaults(func=cmd_serve)
 
     sub.add_parser("encode-prompt", help="encode a prompt into a file the runtime reads (build side; see its -h)")
     return ap

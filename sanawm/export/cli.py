@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="fp32 (default); fp16: FP16 weights and GEMMs on the block linears, for GPUs without FP8 "
                            "(range-checked over the calibration run); fp8: E4M3 W8A8 Q/DQ on the same layers. The "
                            "VAE stays fp32; state, norms, softmax and the GDN recurrence stay fp32 in every case")
+    ap.add_argument("--kv-dtype", choices=("auto", "fp16", "fp32"), default="auto",
+                    help="storage of the generator's softmax K/V window (its largest carried state): auto = fp16 for "
+                         "fp16/fp8 exports, fp32 for fp32 exports; the engine computes in fp32 and casts at its boundary")
     ap.add_argument("--vae", type=Path, default=None,
                     help="diffusers AutoencoderKLLTX2Video folder (config.json + safetensors) for the VAE engines")
     ap.add_argument("--refiner", type=Path, default=None,

@@ -71,7 +71,7 @@ def test_cli_spellings_of_the_tiny_model_and_backends():
 
 
 def test_cli_names_the_missing_backend_library(monkeypatch, tmp_path, caplog):
-    import sanawm.engines.tensorrt as trt_engines
+    import sanawm.engines.tensorrt.library as trt_engines
 
     monkeypatch.setitem(trt_engines._TRT_MODULES, "tensorrt_rtx", "no_such_module_xyz")
     with caplog.at_level(logging.ERROR, logger="sanawm.export"):

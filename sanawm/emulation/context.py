@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..spec import resolve_dim
 from .device import ALIGN
 from .tensorrt import CudaGraphStrategy, ICudaEngine, IRuntimeConfig, Logger, Strategy, TensorIOMode, np_dtype
 
@@ -21,20 +22,10 @@ from .tensorrt import CudaGraphStrategy, ICudaEngine, IRuntimeConfig, Logger, St
 def _resolve(dim, known: dict) -> int:
     """A plan dim at the set input shapes: an int, a symbol (``n``), or a product of symbols and integers
     (``n*880``, as sanawm's contracts name token axes); -1 while a symbol is unknown."""
-    if isinstance(dim, int):
-        return dim
-    if dim in known:
-        return known[dim]
-    value = 1
-    for f in str(dim).split("*"):
-        f = f.strip()
-        if f.isdigit():
-            value *= int(f)
-        elif f in known:
-            value *= known[f]
-        else:
-            return -1
-    return value
+    try:
+        return resolve_dim(dim, known)
+    except ValueError:
+        return -1
 
 
 class IExecutionContext:

@@ -40,7 +40,7 @@ def test_cli_toy_fp8_bundle(tmp_path, caplog):
     data[100] ^= 1
     plan.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="altered"):
-        Bundle.open(out)
+        Bundle.open(out, verify_hashes=True)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="sanawm.export"):
         assert main(args) == 0

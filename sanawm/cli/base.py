@@ -133,12 +133,11 @@ def say(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- the boundary
-def run(command: click.Command, argv, prog: str) -> int:
-    """Run a click ``command`` on ``argv`` (None: sys.argv[1:]) and return its exit status (never raises)."""
+def _exit_status(call) -> int:
+    """Run ``call`` (a click ``main`` in non-standalone mode) and sort what it raises; returns the exit status."""
     STATE.update(debug=False, verbosity=0)
-    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = command.main(args=args, prog_name=prog, standalone_mode=False)
+        rv = call()
         return int(rv) if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:  # --help, --version
         return e.exit_code
@@ -151,12 +150,12 @@ def run(command: click.Command, argv, prog: str) -> int:
     except click.UsageError as e:  # unknown flag, bad choice, missing value: one line, pointing at --help
         if STATE["debug"]:
             traceback.print_exc()
-        where = e.ctx.command_path if e.ctx is not None else prog
+        where = e.ctx.command_path if e.ctx is not None else "the command"
         print(f"error: {' '.join(e.format_message().split())} (see `{where} --help`)", file=sys.stderr)
         return EXIT_USER
-    except BaseException as e:  # noqa: BLE001 - sorted below: the user's, or a bug shown with its traceback
-        if isinstance(e, SystemExit):
-            return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USER)
+    except SystemExit as e:  # a command that exits itself (encode-prompt's `error: ...` exits)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USER)
+    except Exception as e:  # noqa: BLE001 - sorted here: the user's, or a bug shown with its traceback
         if isinstance(e, user_error_types()):
             if STATE["debug"]:
                 traceback.print_exc()
@@ -166,3 +165,31 @@ def run(command: click.Command, argv, prog: str) -> int:
         traceback.print_exc()
         print(f"error: {type(e).__name__}: {e}\n{REPORT}", file=sys.stderr)
         return EXIT_BUG
+
+
+class Boundary:
+    """Mixin for a top-level click command: ``main`` sorts errors (user error: one line, exit 2; bug: traceback,
+    exit 1). Standalone (the console scripts, ``CliRunner.invoke``) it exits with the status, else returns it."""
+
+    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+        code = _exit_status(lambda: super(Boundary, self).main(args=args, prog_name=prog_name,
+                                                                standalone_mode=False, **extra))
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+class BoundaryGroup(Boundary, click.Group):
+    """The ``sanawm`` group."""
+
+
+class BoundaryCommand(Boundary, SectionedCommand):
+    """A single top-level command with help sections (``sanawm-export``)."""
+
+
+def run(command: click.Command, argv, prog: str) -> int:
+    """Run top-level ``command`` on ``argv`` (None: sys.argv[1:]); returns its exit status (never raises)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if isinstance(command, Boundary):
+        return command.main(args=args, prog_name=prog, standalone_mode=False)
+    return _exit_status(lambda: command.main(args=args, prog_name=prog, standalone_mode=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .base import common_options, run, version_option
+from .base import BoundaryGroup, common_options, run, version_option
 from .demo import demo
 from .encode_prompt import encode_prompt
 from .generate import generate
@@ -12,7 +12,7 @@ from .generate import generate
 PROG = "sanawm"
 
 
-@click.group(PROG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(PROG, cls=BoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option(PROG)
 @common_options
 def cli() -> None:

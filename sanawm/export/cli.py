@@ -41,7 +41,7 @@ from types import SimpleNamespace
 import click
 
 from ..bundle import BACKENDS, PLAN_BACKENDS
-from ..cli.base import SectionedCommand, UserError, common_options, option, run, version_option
+from ..cli.base import BoundaryCommand, UserError, common_options, option, run, version_option
 from ..constants import FPS, GENERATOR_ENGINES, REFINER_ENGINES, VAE_ENGINES
 from .families.refiner import FULL_REFINER_CAPTION_LENGTH, TINY_REFINER_CAPTION_LENGTH
 
@@ -202,7 +202,7 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@click.command(PROG, cls=SectionedCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(PROG, cls=BoundaryCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option(PROG)
 @export_options
 @common_options

@@ -107,6 +107,8 @@ def check_options(o) -> None:
         raise UserError("give exactly one of --image start.png or --latent first_latent.npy")
     if sum(x is not None for x in (o.camera, o.action, o.preset)) != 1:
         raise UserError("give exactly one camera source: --camera path.npy, --action \"w-80,...\" or --preset NAME")
+    if o.intrinsics is not None and o.camera is None:
+        raise UserError("--intrinsics goes with --camera (actions and presets use a default 60 degree lens)")
     if o.prompt is not None and o.prompt_embeddings is not None:
         raise UserError("give either --prompt \"text\" or --prompt-embeddings FILE, not both")
     if o.no_prompt and (o.prompt is not None or o.prompt_embeddings is not None):

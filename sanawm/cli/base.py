@@ -43,7 +43,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from ..engines.base import MissingBackendError
     from ..text.store import PromptFileError
 
-    types = [UserError, BundleError, MissingBackendError, PromptFileError, FileNotFoundError]
+    # MemoryError: Runtime.load's 'the engines do not fit on this GPU' (with the fix), or too long a clip for RAM
+    types = [UserError, BundleError, MissingBackendError, PromptFileError, FileNotFoundError, MemoryError]
     try:  # the build side is optional on a run-side install
         from ..export.job import ExportInputError
 

@@ -90,8 +90,22 @@ class SectionedCommand(click.Command):
                 formatter.write_dl(rows)
 
 
+# What a value is, for the help's left column (click says TEXT for every string).
+METAVARS = {
+    "--bundle": "DIR", "--bundle-dir": "DIR", "--image": "FILE", "--latent": "FILE", "--resume": "FILE",
+    "--camera": "FILE", "--intrinsics": "FILE", "--action": "ACTIONS", "--prompt-embeddings": "FILE",
+    "--prompt": "TEXT", "--stage1-encoder": "DIR", "--refiner-encoder": "DIR", "--cache-dir": "DIR", "--out": "PATH",
+    "--png-dir": "DIR", "--save-latents": "FILE", "--save-session": "FILE", "--weight-streaming-budget": "SIZE",
+    "--checkpoint": "PATH", "--vae": "DIR", "--refiner": "DIR", "--engines": "LIST", "--backends": "LIST",
+    "--timing-cache": "FILE", "--rtx-targets": "LIST",
+}
+
+
 def option(section: str, *decls, **kwargs):
     """``click.option`` in a help section."""
+    name = next((d for d in decls if d.startswith("--")), None)
+    if name in METAVARS and "metavar" not in kwargs and not kwargs.get("is_flag"):
+        kwargs["metavar"] = METAVARS[name]
     return click.option(*decls, cls=SectionOption, section=section, **kwargs)
 
 

@@ -6,7 +6,7 @@ CPU (always): the tiny generator bundle (seeded random weights, FP32 ONNX, expor
 temp folder) on ONNX Runtime CPU through the torch-free runtime (``Runtime.load`` -> ``Runtime.start`` ->
 ``Session``), orbit camera, zero prompt. Per chunk index: wall time of ``next(session)`` (generator: 4
 denoise passes + the t = 0 commit pass, plus the stages), process RSS after the chunk, growth of the peak RSS
-(``ru_maxrss``) during it, the exact bytes of the runtime's carried state (``GeneratorState.state_dict``), and in
+(``ru_maxrss``) during it, the exact bytes of the runtime's carried state (``GeneratorStatePool.state_dict``), and in
 a second pass under ``tracemalloc`` the live numpy array bytes after the chunk (numpy's tracemalloc domain) and
 the peak of all traced Python-side allocations during it (ORT's own arena is not traced; RSS covers it).
 End to end: (1) the session loop alone and (2) ``python -m sanawm.cli generate`` in a subprocess on the same clip (process start, imports, bundle load, camera prep, generation, MP4 writing of the
@@ -179,7 +179,7 @@ def cpu_pass(runtime, inputs, trace: bool) -> list[dict]:
                 peak_rss_mib_after=peak_rss_mib(),
                 peak_rss_growth_mib=peak_rss_mib() - peak0,
                 state_bytes_after=state_bytes(session),
-                kv_chunks_kept=sorted(session.generator_state.kv),
+                window_chunks_held=sorted(session.generator_state.ring.held.values()),
             )
         rows.append(row)
     if trace:

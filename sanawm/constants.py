@@ -15,6 +15,8 @@ GENERATOR = "generator"  # bundle schema 2: one engine, optimization profiles "f
 GENERATOR_FIRST = "generator_first"
 GENERATOR_NEXT = "generator_next"
 VAE_ENCODER = "vae_encoder"
+VAE_DECODER = "vae_decoder"  # bundle schema 2: one engine, optimization profiles "first" / "next"
+# the two fixed-shape decoder step functions of the torch reference and the test fakes (engines of schema 1)
 VAE_DECODER_FIRST = "vae_decoder_first"
 VAE_DECODER_NEXT = "vae_decoder_next"
 REFINER_SINK = "refiner_sink"
@@ -22,6 +24,7 @@ REFINER_STEP = "refiner_step"
 REFINER_CAPTURE = "refiner_capture"
 
 GENERATOR_ENGINES = (GENERATOR,)  # what a bundle holds for stage 1
-VAE_DECODER_ENGINES = (VAE_DECODER_FIRST, VAE_DECODER_NEXT)
+VAE_DECODER_ENGINES = (VAE_DECODER,)  # what a bundle holds for decoding
+VAE_DECODER_PAIR = (VAE_DECODER_FIRST, VAE_DECODER_NEXT)
 VAE_ENGINES = (VAE_ENCODER, *VAE_DECODER_ENGINES)
 REFINER_ENGINES = (REFINER_SINK, REFINER_STEP, REFINER_CAPTURE)

@@ -213,13 +213,15 @@ def _symbolic(a: tuple, b: tuple, na: int, nb: int) -> tuple:
     return tuple(out)
 
 
-def generator_engine_io(cfg: GeneratorConfig, euler: bool = True) -> StepIO:
+def generator_engine_io(cfg: GeneratorConfig, euler: bool = True, kv_dtype: str = "float32") -> StepIO:
     """Contract of the ONE generator engine (bundle schema 2): both chunk lengths on a symbolic frame axis n.
 
     The inputs and outputs of ``generator_step_io(cfg, first=False)`` with every frame-sized dim symbolic
     (``n`` frames, ``n*S`` tokens); chunk 0 runs the same engine at profile ``first`` with an all-zero
     ``window_valid``. With ``euler`` the engine also takes ``dt`` [1, n] (sigma_next - sigma per frame, 0 on
     the commit pass and for the condition frame) and returns ``latents.out`` = latents + dt * velocity.
+    ``kv_dtype``: storage type of the softmax K/V (the ``*_win`` inputs and ``*_chunk`` outputs: the largest
+    carried state); the engine computes in float32 and casts at its boundary.
     """
     prof = generator_profiles(cfg)
     nf, nn_ = prof["first"]["n"], prof["next"]["n"]
@@ -232,6 +234,9 @@ def generator_engine_io(cfg: GeneratorConfig, euler: bool = True) -> StepIO:
         return tuple(TensorSpec(x.name, x.dtype, _symbolic(x.shape, y.shape, nf, nn_), x.doc) for x, y in zip(ta, tb))
 
     ins, outs = list(merge(a.inputs, b.inputs)), list(merge(a.outputs, b.outputs))
+    if kv_dtype != "float32":
+        kv = lambda t: TensorSpec(t.name, kv_dtype, t.shape, t.doc) if t.name.endswith(("_win", "_chunk")) else t  # noqa: E731
+        ins, outs = [kv(t) for t in ins], [kv(t) for t in outs]
     if euler:
         C, H, W = cfg.in_channels, cfg.latent_height, cfg.latent_width
         ins.append(TensorSpec(EULER_INPUT, "float32", (1, "n"), "sigma_next - sigma per frame (0: commit pass)"))

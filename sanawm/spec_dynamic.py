@@ -11,7 +11,8 @@ inputs and ``window_valid``) where every frame-dependent dim is a string:
 
 Every other dim (state, window ``Wt``, text) is an int, as in the fixed contract. Chunk 0 is this same graph at
 ``n = first_chunk_size`` with an all-zero ``window_valid`` (``masked_window_feeds``): the window is fully masked
-in the softmax, so the call equals the old ``generator_first`` graph. ``resolve_io(io, n)`` gives the concrete
+in the softmax, so the call equals the old ``generator_first`` graph. The window K/V need not be zero, but must be
+finite (masked weights are exactly 0, and 0 * NaN is NaN): zero a device ring buffer once when it is allocated. ``resolve_io(io, n)`` gives the concrete
 ``StepIO`` of one chunk length (what one TensorRT optimization profile pins, min = opt = max).
 """
 

@@ -13,6 +13,7 @@ import pytest
 
 from sanawm.cli import cli
 from sanawm.export.cli import export_command
+from sanawm.serve.cli import add_arguments as add_serve_arguments
 from sanawm.text.cli import build_parser as encode_prompt_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -32,14 +33,26 @@ def shell_commands(text: str) -> list[list[str]]:
     return cmds
 
 
+def serve_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="sanawm serve")
+    add_serve_arguments(p)
+    return p
+
+
+# subcommands whose flags their own package owns (argparse), handed over untouched by the click group
+ARGPARSE_COMMANDS = {"encode-prompt": encode_prompt_parser, "serve": serve_parser}
+
+
 def parse(argv: list[str]) -> None:
     """Parse ``argv`` with the command's own parser; raises on any problem."""
     if argv[0] == "sanawm-export":
         export_command.make_context("sanawm-export", argv[1:])
         return
-    if argv[1:2] == ["encode-prompt"]:
+    if argv[1] in ARGPARSE_COMMANDS:
         try:
-            encode_prompt_parser().parse_args(argv[2:])
+            ARGPARSE_COMMANDS[argv[1]]().parse_args(argv[2:])
         except SystemExit as e:
             raise AssertionError(f"`{' '.join(argv)}` does not parse (argparse exit {e.code})") from None
         return
@@ -54,7 +67,8 @@ COMMANDS = shell_commands(README.read_text())
 
 def test_the_readme_has_commands():
     names = {(c[0], c[1] if c[0] == "sanawm" else "") for c in COMMANDS}
-    assert {("sanawm", "demo"), ("sanawm", "generate"), ("sanawm", "encode-prompt"), ("sanawm-export", "")} <= names
+    assert {("sanawm", "demo"), ("sanawm", "generate"), ("sanawm", "encode-prompt"), ("sanawm", "serve"),
+            ("sanawm-export", "")} <= names
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c)[:60] for c in COMMANDS])
@@ -72,8 +86,9 @@ def _all_flags() -> set[str]:
             flags.update(o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []) if o.startswith("--"))
     for p in cli.params:
         flags.update(o for o in p.opts if o.startswith("--"))
-    for action in encode_prompt_parser()._actions:
-        flags.update(o for o in action.option_strings if o.startswith("--"))
+    for make in ARGPARSE_COMMANDS.values():
+        for action in make()._actions:
+            flags.update(o for o in action.option_strings if o.startswith("--"))
     return flags
 
 

@@ -8,6 +8,7 @@ from .base import BoundaryGroup, common_options, run, version_option
 from .demo import demo
 from .encode_prompt import encode_prompt
 from .generate import generate
+from .serve import serve
 
 PROG = "sanawm"
 
@@ -16,11 +17,11 @@ PROG = "sanawm"
 @version_option(PROG)
 @common_options
 def cli() -> None:
-    """SANA-WM world-model runtime: generate clips from engine bundles (torch-free), run the CPU demo, encode
-    prompts. User errors exit 2 with one line; --debug shows tracebacks."""
+    """SANA-WM world-model runtime: generate clips from engine bundles (torch-free), run the CPU demo, serve live
+    sessions to a browser, encode prompts. User errors exit 2 with one line; --debug shows tracebacks."""
 
 
-for command in (generate, demo, encode_prompt):
+for command in (generate, demo, serve, encode_prompt):
     cli.add_command(command)
 
 

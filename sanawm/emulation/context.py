@@ -18,6 +18,25 @@ from .device import ALIGN
 from .tensorrt import CudaGraphStrategy, ICudaEngine, IRuntimeConfig, Logger, Strategy, TensorIOMode, np_dtype
 
 
+def _resolve(dim, known: dict) -> int:
+    """A plan dim at the set input shapes: an int, a symbol (``n``), or a product of symbols and integers
+    (``n*880``, as sanawm's contracts name token axes); -1 while a symbol is unknown."""
+    if isinstance(dim, int):
+        return dim
+    if dim in known:
+        return known[dim]
+    value = 1
+    for f in str(dim).split("*"):
+        f = f.strip()
+        if f.isdigit():
+            value *= int(f)
+        elif f in known:
+            value *= known[f]
+        else:
+            return -1
+    return value
+
+
 class IExecutionContext:
     def __init__(self, engine: ICudaEngine, config: IRuntimeConfig):
         self.engine, self._config = engine, config
@@ -116,7 +135,7 @@ class IExecutionContext:
         if name in self._shapes:
             return self._shapes[name]
         known = self._dims()
-        return tuple(d if isinstance(d, int) else known.get(d, -1) for d in self.engine._io[name]["dims"])
+        return tuple(_resolve(d, known) for d in self.engine._io[name]["dims"])
 
     @property
     def all_binding_shapes_specified(self) -> bool:
@@ -194,7 +213,7 @@ class IExecutionContext:
             self._graphs.add(g)
         ins = [n for n in eng._order if eng.get_tensor_mode(n) == TensorIOMode.INPUT]
         for n in eng._order:
-            shape = shapes.get(n) or tuple(d if isinstance(d, int) else known.get(d, -1) for d in eng._io[n]["dims"])
+            shape = shapes.get(n) or tuple(_resolve(d, known) for d in eng._io[n]["dims"])
             if -1 not in shape and dev.region(addr[n], self._nbytes(n, shape)) is None:
                 self._log(f"{n!r} at {addr[n]:#x} is not inside a live device allocation of {self._nbytes(n, shape)} B")
                 return E.cudaErrorInvalidValue

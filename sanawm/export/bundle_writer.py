@@ -93,35 +93,26 @@ class BundleWriter:
     def artifacts(self, name: str) -> EngineArtifacts:
         return EngineArtifacts(self.root, name)
 
-    def engine(
-        self, name: str, *, kind: str, io: StepIO, precision: str, notes: str = "", profiles: list | None = None,
-        chains_to: str | None = None,
-    ) -> None:
+    def engine(self, name: str, *, kind: str, io: StepIO, precision: str, notes: str = "", profiles: list | None = None) -> None:
         """(Re)declare an engine entry; its files are kept only if their stages turn out up to date.
 
-        ``chains_to``: the engine whose inputs this one's state outputs feed when they are not its own
-        (``vae_decoder_first`` -> ``vae_decoder_next``: the first graph takes no caches). Those pairs go to
-        ``"chains_to": {"engine", "state_map"}``; ``state_map`` keeps the pairs that feed the engine itself.
-        """
+        ``profiles``: ``[{"name", "dims"}, ...]`` of an engine with symbolic dims, in plan profile order."""
         old_files = self.old_engines.get(name, {}).get("files", {})
         own = {t.name for t in io.inputs}
-        sm = {o: i for o, i in io.state_map.items() if i in own}
-        cross = {o: i for o, i in io.state_map.items() if i not in own}
-        if cross and not chains_to:
-            raise ValueError(f"engine {name!r}: state_map feeds {sorted(cross.values())[:3]}, which are not its inputs; "
-                             "name the engine they feed (chains_to)")
+        cross = sorted(i for i in io.state_map.values() if i not in own)
+        if cross:
+            raise ValueError(f"engine {name!r}: state_map feeds {cross[:3]}, which are not its inputs; every engine's "
+                             "state outputs feed its own inputs (a pure step function)")
         self.manifest["engines"][name] = {
             "kind": kind,
             "precision": precision,
             "inputs": [t.to_dict() for t in io.inputs],
             "outputs": [t.to_dict() for t in io.outputs],
-            "state_map": sm,
+            "state_map": dict(io.state_map),
             "profiles": profiles or [],
             "notes": notes,
             "files": {},
         }
-        if cross:
-            self.manifest["engines"][name]["chains_to"] = {"engine": chains_to, "state_map": cross}
         self._old_files = getattr(self, "_old_files", {})
         self._old_files[name] = old_files
 

@@ -2,12 +2,11 @@
 
     sanawm-export --checkpoint PATH | --random  --config tiny|full  --out DIR  [--vae VAE_DIR]
                   [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8]
-                  [--engines generator_first,generator_next,vae_encoder,vae_decoder_first,vae_decoder_next,
-                             refiner_sink,refiner_step,refiner_capture]
+                  [--engines generator,vae_encoder,vae_decoder,refiner_sink,refiner_step,refiner_capture]
                   [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
                   [--calib-chunks N] [--timing-cache PATH]
 
-VAE engines (``vae_encoder``, ``vae_decoder_first``, ``vae_decoder_next``) come from ``--vae`` (a diffusers
+VAE engines (``vae_encoder``, ``vae_decoder``) come from ``--vae`` (a diffusers
 ``AutoencoderKLLTX2Video`` folder) or, with ``--random``, a seeded random VAE (tiny config: latent channels =
 the generator's ``in_channels``); they are always exported in FP32 (``--precision`` applies to the generator and refiner).
 The manifest's ``vae`` section records the VAE config and the image size the runtime crops first frames to.

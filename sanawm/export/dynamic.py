@@ -13,6 +13,7 @@ optimization profile per chunk length (``sanawm.spec_dynamic.trt_profiles``; ``b
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Mapping
 
@@ -23,9 +24,9 @@ from ..spec_dynamic import frame_bounds, frame_counts, masked_window_feeds, reso
 from .onnx import ExportError, ExportResult, export_onnx, run_torch
 
 
-def torch_dynamic_shapes(io: StepIO, dims: Mapping[str, tuple[int, int]]) -> dict:
-    """``dynamic_shapes`` for ``torch.onnx.export`` of a ``forward(*args)`` step: every string dim of an input
-    becomes the ``torch.export.Dim`` of that name with the bounds in ``dims``."""
+def torch_dynamic_shapes(module, io: StepIO, dims: Mapping[str, tuple[int, int]]) -> dict:
+    """``dynamic_shapes`` for ``torch.onnx.export`` of a step taking the ``io`` inputs positionally: every string
+    dim of an input becomes the ``torch.export.Dim`` of that name with the bounds in ``dims``."""
     import torch
 
     made: dict[str, object] = {}
@@ -43,7 +44,21 @@ def torch_dynamic_shapes(io: StepIO, dims: Mapping[str, tuple[int, int]]) -> dic
                 made[d] = torch.export.Dim(d, min=int(lo), max=int(hi))
             spec[axis] = made[d]
         specs.append(spec or None)
-    return {"args": tuple(specs)}
+    # torch.export matches dynamic_shapes to forward's signature: named parameters first, *args as one tuple
+    out: dict = {}
+    i = 0
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            rest = tuple(specs[i:])
+            out[p.name] = rest if any(r is not None for r in rest) else None  # (an all-None tuple is refused)
+            i = len(specs)
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and i < len(specs):
+            out[p.name] = specs[i]
+            i += 1
+    if i != len(specs):
+        raise ExportError(f"{type(module).__name__}.forward takes fewer positional tensors than the {len(specs)} inputs "
+                          "of its StepIO")
+    return out
 
 
 def dynamic_sample_feeds(cfg, n: int, seed: int, masked: bool | None = None, chunk: int = 2) -> dict[str, np.ndarray]:
@@ -104,3 +119,55 @@ def export_generator_dynamic(
             for name, want in ref.items():
                 res.rel_errors[f"n={n}/{name}"] = rel_error(want, got[name])
     return res
+
+
+def export_vae_decoder_dynamic(
+    vae,
+    latent_hw: tuple[int, int],
+    path: str | os.PathLike,
+    *,
+    first_frames: int = 4,
+    next_frames: int = 3,
+    check: bool = True,
+    seed: int = 0,
+) -> ExportResult:
+    """Export the one-graph streaming VAE decoder (``VAEDecoderDynamicStep``) to ``path`` (+ ``path.data``).
+
+    The contract is ``sanawm.models.vae.dynamic.vae_decoder_io_dynamic``: latents ``[1, C, "n", h, w]``, every
+    cache on every call (chunk 0 ignores them), frames ``[1, 3, 24, H, W]``. ``check``: ORT CPU at n =
+    first_frames (caches filled with NaN, to show they are not read) vs ``VAEDecoderStep(first=True)`` and at
+    n = next_frames (random caches) vs ``VAEDecoderStep(first=False)``; keys ``"n=<n>/<output>"``.
+    """
+    from ..models.vae import VAEDecoderStep
+    from ..models.vae.dynamic import VAEDecoderDynamicStep
+    from ..testing import rel_error
+    from .onnx import run_onnx_cpu
+
+    step = VAEDecoderDynamicStep(vae, latent_hw, first_frames, next_frames).eval()
+    io = step.io
+    res = export_onnx(step, io, path, sample_inputs=vae_decoder_feeds(io, next_frames, seed=seed + 7), check=False,
+                      dims={"n": (next_frames, first_frames)})
+    if check:
+        for n, first in ((first_frames, True), (next_frames, False)):
+            fixed = VAEDecoderStep(vae, first, latent_hw, n).eval()
+            feeds = vae_decoder_feeds(io, n, seed=seed + 11 + n, cache_fill=float("nan") if first else None)
+            ref = run_torch(fixed, fixed.io, {t.name: feeds[t.name] for t in fixed.io.inputs})
+            got = run_onnx_cpu(res.onnx_path, feeds)
+            for name, want in ref.items():
+                res.rel_errors[f"n={n}/{name}"] = rel_error(want, got[name])
+    return res
+
+
+def vae_decoder_feeds(io: StepIO, n: int, seed: int, cache_fill: float | None = None) -> dict[str, np.ndarray]:
+    """Feeds of the dynamic decoder at ``n`` latent frames: N(0, 1) latents; caches N(0, 1), or all
+    ``cache_fill`` (e.g. 0 or NaN for chunk 0, whose caches are never read)."""
+    from ..spec_dynamic import resolve_io
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in resolve_io(io, n).inputs:
+        if t.name != "latents" and cache_fill is not None:
+            out[t.name] = np.full(t.shape, cache_fill, np.float32)
+        else:
+            out[t.name] = rng.standard_normal(t.shape).astype(np.float32)
+    return out

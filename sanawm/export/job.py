@@ -25,7 +25,6 @@ class EngineJob:
     notes: str
     precision: str | None = None  # fixed precision (VAE: fp32) or None = the CLI's --precision
     key: dict | None = None  # stage-key inputs replacing the generator's source/config (VAE engines)
-    chains_to: str | None = None  # engine fed by this one's state outputs (vae_decoder_first -> _next)
     # one engine for several call shapes: profile name -> sizes of the io's symbolic dims, in plan profile order;
     # ``dims`` bounds them for the trace ({"n": (min, max)}); ``profile_samples`` makes the ORT check feeds per profile
     profiles: dict | None = None

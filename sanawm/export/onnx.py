@@ -12,7 +12,10 @@ Choices (and why):
   quantization, so later NVFP4/MXFP8 work needs no opset bump.
 * **fixed shapes** (no ``dynamic_shapes``): the generator comes as two graphs (first/next chunk) with
   one shape each; CUDA graphs need fixed shapes and fixed addresses; TensorRT tunes tactics for one shape.
-  ``FIXED_SHAPE_NOTE`` is recorded in the manifest.
+  ``FIXED_SHAPE_NOTE`` is recorded in the manifest. Exception: ``dims={"n": (min, max)}`` exports
+  the string dims of a ``StepIO`` as ``torch.export.Dim``s (``sanawm.export.dynamic``: one generator / VAE
+  decoder graph for both chunk lengths, built with one TensorRT profile per length, min = opt = max, so each
+  profile still has one shape for tactics and CUDA graphs).
 * **external data always**: weights go to ``<name>.onnx.data`` beside the graph, so > 2 GB models work
   and all sizes take the same code path. TensorRT parses from the file path so the data resolves.
 * dynamo exporter (``dynamo=True``, torch >= 2.9 default); FP8 fake-quant ops come through a custom-domain
@@ -147,7 +150,7 @@ def export_onnx(
         if sample_inputs is None:
             raise ExportError("export_onnx with symbolic dims needs sample_inputs (one concrete call); "
                               "build them with sanawm.spec_dynamic.resolve_io")
-        dynamic_shapes = torch_dynamic_shapes(io, dims or {})
+        dynamic_shapes = torch_dynamic_shapes(module, io, dims or {})
     feeds = sample_inputs if sample_inputs is not None else random_inputs(io, seed)
     in_names = [t.name for t in io.inputs]
     out_names = [t.name for t in io.outputs]

@@ -163,8 +163,7 @@ def run_export(a) -> Path:
     for job in jobs:
         precision = job.precision or a.precision
         profiles = [{"name": k, "dims": v} for k, v in (job.profiles or {}).items()]
-        w.engine(job.name, kind=job.kind, io=job.io, precision=precision, notes=job.notes, chains_to=job.chains_to,
-                 profiles=profiles)
+        w.engine(job.name, kind=job.kind, io=job.io, precision=precision, notes=job.notes, profiles=profiles)
         if job.key is not None:  # VAE: its own weights; the generator checkpoint does not matter
             key = {**job.key, "engine": job.name, "precision": precision, "opset": opset, "sanawm": __version__}
         else:

@@ -1,59 +1,62 @@
-"""Causal VAE decode of each chunk, with the decoder's caches in a pool where the engines run (numpy only).
+"""Causal VAE decode of each chunk, with the decoder's caches in a pool where the engine runs (numpy only).
 
-Contract (``sanawm.models.vae.vae_decoder_io``, the exported LTX-2 decoder):
-    ``vae_decoder_first``: input ``latents`` [1, C, 4, h, w] (normalised; un-normalised inside the engine), no
-        cache inputs (its causal convs replicate their first frame); outputs the chunk's frames (float
-        [1, 3, 24, 32h, 32w] in [-1, 1], or uint8 [24, H, W, 3] when the export converts in the graph; the
-        condition frame already dropped) and ``cache.{i}.out``.
-    ``vae_decoder_next``: inputs ``latents`` [1, C, 3, h, w] and ``cache.{i}``; outputs frames and ``cache.{i}.out``.
-    ``cache.{i}.out`` feeds ``cache.{i}`` of the *next* call (``state_map``, or for a first graph whose manifest
-    entry has none, the ``X.out`` -> ``X`` naming rule).
+Contract (``sanawm.models.vae.dynamic.vae_decoder_io_dynamic`` + ``frames_out``, the exported LTX-2 decoder): ONE
+``vae_decoder`` engine, profiles ``first`` (chunk 0: 4 latent frames, the condition frame dropped, caches not
+read) and ``next`` (3 latent frames + ``cache.{i}``); outputs the chunk's frames (uint8 [24, H, W, 3], or float
+[1, 3, 24, H, W] in [-1, 1] from a float graph) and ``cache.{i}.out``, which feed ``cache.{i}`` of the next call.
+The torch reference and the test fakes come as two fixed-shape step functions (``vae_decoder_first`` without
+cache inputs, ``vae_decoder_next``); ``DecoderStage(first, next_)`` drives them with the same code.
 
 The caches ping-pong between two slots each (a call reads slot p and writes slot 1 - p; no copy), allocated
-once per session in the engines' memory. The chunk's latents are bound where the generator left them when
-they live in the same memory (no host round trip); only the frames cross, as uint8 when the engine makes them.
+once per session in the engine's memory. The chunk's latents are bound where the generator left them when they
+live in the same memory (no host round trip); only the frames cross, as uint8 when the engine makes them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .frames import to_uint8
+from ..constants import TEMPORAL_STRIDE, VAE_DECODER
 from ..engines.host import bound
-from ..constants import TEMPORAL_STRIDE
-from ..constants import VAE_DECODER_ENGINES as DECODER_ENGINES
 from .chunk import Chunk, state_pairs
-REBUILD = f"rebuild both with `sanawm-export ... --engines {','.join(DECODER_ENGINES)}`"
+from .frames import to_uint8
+
+REBUILD = f"rebuild it with `sanawm-export ... --engines {VAE_DECODER}`"
 
 
 class DecoderStage:
-    """Decodes every chunk through ``vae_decoder_first`` (chunk 0) / ``vae_decoder_next`` (see module docstring)."""
+    """Decodes every chunk through the decoder engine (see module docstring)."""
 
     name = "decoder"
 
-    def __init__(self, first, next_, memory=None):
-        first, next_ = bound(first), bound(next_)
-        self.first, self.next = first, next_
-        for ex in (first, next_):
-            if not any(t.name == "latents" for t in ex.inputs):
-                raise ValueError(
-                    f"engine {ex.name}: no 'latents' input (it takes {[t.name for t in ex.inputs]}); "
-                    f"this is not a VAE decoder graph: {REBUILD}"
-                )
-        outs = {t.name: t for t in first.outputs}
-        self.output_name = "frames" if "frames" in outs else first.outputs[0].name
-        self._next_specs = {t.name: t for t in next_.inputs if t.name != "latents"}
+    def __init__(self, engine, next_=None, memory=None):
+        if next_ is None:  # one engine, profiles first / next
+            engine = bound(engine)
+            if set(getattr(engine, "profiles", {})) != {"first", "next"}:
+                raise ValueError(f"engine {engine.name}: a decoder engine has profiles first / next, it has "
+                                 f"{sorted(getattr(engine, 'profiles', {}))}; {REBUILD}")
+            self.calls = {True: (engine, "first"), False: (engine, "next")}
+        else:  # two fixed-shape step functions
+            self.calls = {True: (bound(engine), None), False: (bound(next_), None)}
+        first, nxt = self.calls[True][0], self.calls[False][0]
+        ios = {k: ex.contract(prof) for k, (ex, prof) in self.calls.items()}
+        for k, io in ios.items():
+            if not any(t.name == "latents" for t in io.inputs):
+                raise ValueError(f"engine {self.calls[k][0].name}: no 'latents' input (it takes "
+                                 f"{[t.name for t in io.inputs]}); this is not a VAE decoder graph: {REBUILD}")
+        self.output_name = "frames" if any(t.name == "frames" for t in ios[True].outputs) else ios[True].outputs[0].name
+        self._next_specs = {t.name: t for t in ios[False].inputs if t.name != "latents"}
         self._maps = {}
-        for ex in (first, next_):
+        for k, io in ios.items():
+            ex = self.calls[k][0]
             pairs = {o: i for o, i in state_pairs(ex, self._next_specs).items() if i in self._next_specs}
             unfed = sorted(set(self._next_specs) - set(pairs.values()))
             if unfed:
                 raise ValueError(
                     f"engine {ex.name}: its state_map feeds none of {unfed[:4]}{' ...' if len(unfed) > 4 else ''} "
-                    f"that {next_.name} reads, so the decoder caches cannot be chained; the two decoder graphs "
-                    f"come from different exports: {REBUILD}"
+                    f"that the next chunk reads, so the decoder caches cannot be chained; {REBUILD}"
                 )
-            self._maps[ex.name] = pairs
+            self._maps[k] = pairs
         if memory is None:
             memory = getattr(first, "memory", None)
         if memory is None:
@@ -61,26 +64,26 @@ class DecoderStage:
 
             memory = HostMemory()
         self.memory = memory
-        # the pool: cache slots, each engine's own latents input (used when the latents arrive from the host),
-        # each engine's non-cache outputs
+        # the pool: cache slots; each call shape's latents input (used when the latents come from the host) and
+        # non-cache outputs; same-shaped outputs of the two call shapes share one buffer (the frames)
         self.cache = {n: (memory.alloc_spec(t, n + "#0"), memory.alloc_spec(t, n + "#1")) for n, t in self._next_specs.items()}
         self.parity = 0
-        self.decoded = 0  # chunks decoded so far
+        self.decoded = 0  # chunks decoded so far (after a resume: at least 1)
         self._own = {}
-        shared: dict[tuple, object] = {}  # the two engines' same-shaped outputs share one buffer (frames)
-        for ex in (first, next_):
-            lat = next(t for t in ex.inputs if t.name == "latents")
-            own = {"latents": memory.alloc_spec(lat, f"{ex.name}.latents")}
-            for t in ex.outputs:
-                if t.name not in self._maps[ex.name]:
+        shared: dict[tuple, object] = {}
+        for k, io in ios.items():
+            lat = next(t for t in io.inputs if t.name == "latents")
+            own = {"latents": memory.alloc_spec(lat, f"decoder.latents.{'first' if k else 'next'}")}
+            for t in io.outputs:
+                if t.name not in self._maps[k]:
                     key = (t.name, t.dtype, tuple(t.shape))
                     if key not in shared:
                         shared[key] = memory.alloc_spec(t, f"decoder.{t.name}")
                     own[t.name] = shared[key]
-            extra = [t for t in ex.inputs if t.name != "latents" and t.name not in self._next_specs]
+            extra = [t.name for t in io.inputs if t.name != "latents" and t.name not in self._next_specs]
             if extra:
-                raise ValueError(f"engine {ex.name}: inputs {[t.name for t in extra]} are neither latents nor caches; {REBUILD}")
-            self._own[ex.name] = own
+                raise ValueError(f"engine {self.calls[k][0].name}: inputs {extra} are neither latents nor caches; {REBUILD}")
+            self._own[k] = own
 
     def process(self, chunk: Chunk) -> Chunk:
         first = chunk.index == 0
@@ -89,8 +92,8 @@ class DecoderStage:
                 f"chunk {chunk.index} needs the decoder caches of the chunks before it, and none was decoded yet: "
                 "chunks are decoded in order from chunk 0 (to continue mid-clip, resume a saved session)"
             )
-        ex = self.first if first else self.next
-        own = self._own[ex.name]
+        ex, profile = self.calls[first]
+        own = self._own[first]
         lat_spec = own["latents"].spec
         src = chunk.refined_buffer
         if src is not None and src.memory is self.memory and src.shape == lat_spec.shape and src.dtype == lat_spec.dtype:
@@ -106,12 +109,12 @@ class DecoderStage:
             self.memory.upload(latents, lat)
         p = self.parity
         bindings = {"latents": latents, **{k: v for k, v in own.items() if k != "latents"}}
-        for t in ex.inputs:
+        for t in ex.contract(profile).inputs:
             if t.name in self.cache:
-                bindings[t.name] = self.cache[t.name][p]
-        for o, i in self._maps[ex.name].items():
+                bindings[t.name] = self.cache[t.name][p]  # chunk 0: present, never read
+        for o, i in self._maps[first].items():
             bindings[o] = self.cache[i][1 - p]
-        ex.run_bound(bindings, None)
+        ex.run_bound(bindings, profile)
         self.parity = 1 - p
         self.decoded += 1
         frames = self.memory.download(own[self.output_name])
@@ -142,14 +145,14 @@ class DecoderStage:
         if set(state) != set(self._next_specs):
             missing, extra = sorted(set(self._next_specs) - set(state)), sorted(set(state) - set(self._next_specs))
             raise ValueError(
-                f"saved decoder cache does not match engine {self.next.name}: missing {missing[:4]}, unexpected "
+                f"saved decoder cache does not match engine {self.calls[False][0].name}: missing {missing[:4]}, unexpected "
                 f"{extra[:4]}; resume with the bundle the session was saved with"
             )
         for k, v in state.items():
             t = self._next_specs[k]
             if v.shape != tuple(t.shape) or v.dtype != np.dtype(t.dtype):
                 raise ValueError(
-                    f"saved decoder cache {k!r} is {v.dtype}{list(v.shape)}, engine {self.next.name} takes "
+                    f"saved decoder cache {k!r} is {v.dtype}{list(v.shape)}, engine {self.calls[False][0].name} takes "
                     f"{t.dtype}{list(t.shape)}; resume with the bundle the session was saved with"
                 )
             self.memory.upload(self.cache[k][self.parity], v)

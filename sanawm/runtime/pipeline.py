@@ -136,10 +136,6 @@ class Runtime:
                 f"{backend} was built with weight streaming; rebuild the large engines with `sanawm-export ... "
                 "--backends tensorrt_rtx --weight-streaming` or drop the budget"
             )
-        for n, ex in executors.items():  # a first graph's state feeds the next graph (vae_decoder_first)
-            chain = bundle.engine(n).raw.get("chains_to") or {}
-            if chain.get("engine") in executors and chain.get("state_map"):
-                ex.state_map = {**ex.state_map, **chain["state_map"]}
         memory = activate_on_device(executors, str(bundle_dir)) if env is not None else None
         vae = bundle.manifest.get("vae") or {}
         image_hw = tuple(vae["image_hw"]) if vae.get("image_hw") else None
@@ -172,7 +168,9 @@ class Runtime:
     # ------------------------------------------------------------------ what the bundle offers
     @property
     def has_decoder(self) -> bool:
-        return all(n in self.executors for n in DECODER_ENGINES)
+        from ..constants import VAE_DECODER_PAIR
+
+        return any(n in self.executors for n in DECODER_ENGINES) or all(n in self.executors for n in VAE_DECODER_PAIR)
 
     @property
     def has_encoder(self) -> bool:

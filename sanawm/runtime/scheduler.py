@@ -136,9 +136,10 @@ class GeneratorRunner:
                 check_executor(next_, generator_step_io(cfg, False))
             engine = GeneratorPair(cfg, engine, next_)
         self.cfg, self.engine, self.schedule = cfg, engine, schedule
-        self.io = generator_engine_io(cfg)
         if check:
-            check_executor(engine, self.io)
+            check_executor(engine, generator_engine_io(cfg))
+        # the engine's own tensors (the K/V storage dtype is an export choice) define the session pool
+        self.io = StepIO(tuple(engine.inputs), tuple(engine.outputs), dict(engine.state_map))
         if memory is None:
             memory = getattr(engine, "memory", None)
         if memory is None:

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..constants import REFINER_ENGINES, VAE_DECODER_FIRST, VAE_DECODER_NEXT
+from ..constants import REFINER_ENGINES, VAE_DECODER, VAE_DECODER_FIRST, VAE_DECODER_NEXT
 from ..constants import VAE_DECODER_ENGINES as DECODER_ENGINES
 from .chunk import Chunk, state_pairs
 
@@ -148,9 +148,11 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
         stages.append(PassThroughRefiner())
     from .decoder import DecoderStage  # decoder.py builds on this module's helpers: imported here, no cycle
 
-    have_dec = [n for n in DECODER_ENGINES if n in executors]
-    if len(have_dec) == 2:
+    if VAE_DECODER in executors:
+        stages.append(DecoderStage(executors[VAE_DECODER], memory=memory))
+    elif VAE_DECODER_FIRST in executors and VAE_DECODER_NEXT in executors:  # torch reference / test fakes
         stages.append(DecoderStage(executors[VAE_DECODER_FIRST], executors[VAE_DECODER_NEXT], memory=memory))
-    elif have_dec:
-        raise ValueError(f"bundle has {have_dec} but not both of {list(DECODER_ENGINES)}; rebuild the VAE engines")
+    elif VAE_DECODER_FIRST in executors or VAE_DECODER_NEXT in executors:
+        raise ValueError(f"a decoder step pair needs both {VAE_DECODER_FIRST} and {VAE_DECODER_NEXT}; a bundle has one "
+                         f"{VAE_DECODER} engine: rebuild it with `sanawm-export ... --engines {VAE_DECODER}`")
     return stages

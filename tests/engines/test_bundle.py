@@ -40,6 +40,14 @@ def test_open_valid_bundle(bundle_factory, tmp_path):
     assert b.path("add", "tensorrt_rtx").name == "add.tensorrt_rtx.plan"
 
 
+def test_schema_1_bundle_is_refused_with_the_rebuild_command(bundle_factory, tmp_path):
+    """Schema 1 held the generator twice (generator_first / generator_next); such a bundle must be rebuilt."""
+    root = bundle_factory(tmp_path / "b")
+    _edit(root, lambda m: m.update(schema_version=1))
+    with pytest.raises(BundleError, match=r"schema_version 1, this sanawm reads 2; rebuild every engine"):
+        Bundle.open(root)
+
+
 def test_schema_version_mismatch(bundle_factory, tmp_path):
     root = bundle_factory(tmp_path / "b")
     _edit(root, lambda m: m.update(schema_version=SCHEMA_VERSION + 1))

@@ -24,7 +24,7 @@ from sanawm.testing import rel_error  # noqa: E402
 pytestmark = pytest.mark.slow
 
 TOL = 1e-4
-VAE = ("vae_encoder", "vae_decoder_first", "vae_decoder_next")
+VAE = ("vae_encoder", "vae_decoder")
 CFG = tiny()
 LHW = (CFG.latent_height, CFG.latent_width)  # 4x6 -> 128x192 images
 
@@ -55,45 +55,37 @@ def test_bundle_has_the_vae_engines_and_records_the_image_size(bundle_dir):
     assert vae["latent_channels"] == vae["config"]["latent_channels"] == CFG.in_channels == 16
     assert vae["spatial_compression"] == 32 and vae["temporal_compression"] == 8 and vae["precision"] == "fp32"
     assert vae["source"]["random_seed"] == 3
-    first, nxt = b.engine("vae_decoder_first"), b.engine("vae_decoder_next")
-    assert [t.name for t in first.inputs] == ["latents"] and first.inputs[0].shape == (1, 16, 4, 4, 6)
-    # frames leave the decoder engines as uint8 [F, H, W, 3] (converted in the graph)
-    assert first.outputs[0].shape == nxt.outputs[0].shape == (24, 128, 192, 3)
-    assert first.outputs[0].dtype == nxt.outputs[0].dtype == "uint8"
-    caches = [t.name for t in nxt.inputs[1:]]
-    assert caches and nxt.state_map == {f"{c}.out": c for c in caches}
-    # the first graph takes no caches: its outputs feed the next graph, recorded under chains_to
-    assert first.state_map == {}
-    assert first.raw["chains_to"] == {"engine": "vae_decoder_next", "state_map": nxt.state_map}
+    dec = b.engine("vae_decoder")  # one engine, two profiles: the decoder's weights exist once
+    assert dec.profile_dims == {"first": {"n": 4}, "next": {"n": 3}}
+    assert dec.inputs[0].name == "latents" and dec.inputs[0].shape == (1, 16, "n", 4, 6)
+    # frames leave the decoder engine as uint8 [F, H, W, 3] (converted in the graph), 24 for both profiles
+    assert dec.outputs[0].name == "frames" and dec.outputs[0].shape == (24, 128, 192, 3)
+    assert dec.outputs[0].dtype == "uint8"
+    caches = [t.name for t in dec.inputs[1:]]
+    assert caches and dec.state_map == {f"{c}.out": c for c in caches}
     assert b.engine("vae_encoder").inputs[0].shape == (1, 3, 1, 128, 192)
     assert b.manifest["generator_config"] == CFG.to_dict()
 
 
 def test_ort_decoder_chain_equals_torch_streaming_decoder(bundle_dir, torch_vae):
+    """The one decoder engine at profile first, then next, chained by the runtime's stage, gives the torch
+    streaming decoder's frames as uint8 (truncation may flip a value by 1 where float rounding differs)."""
     from sanawm.models.vae import StreamingVAEDecoder
-    from sanawm.runtime.frames import to_uint8
     from sanawm.runtime.decoder import DecoderStage
+    from sanawm.runtime.frames import to_uint8
     from sanawm.runtime.stages import Chunk
 
-    ex = {n: load_executor(bundle_dir, n, "onnxruntime") for n in VAE[1:]}
-    chain = Bundle.open(bundle_dir).engine("vae_decoder_first").raw["chains_to"]["state_map"]
+    ex = load_executor(bundle_dir, "vae_decoder", "onnxruntime")
     ref = StreamingVAEDecoder(torch_vae, LHW)
     z = torch.randn(1, 16, 10, *LHW, generator=torch.Generator().manual_seed(0))
-    stage = DecoderStage(ex["vae_decoder_first"], ex["vae_decoder_next"])
-    state: dict = {}
+    stage = DecoderStage(ex)
     for c, (s, e) in enumerate([(0, 4), (4, 7), (7, 10)]):
         want = ref.decode_chunk(z[:, :, s:e]).numpy()
-        e_ = ex["vae_decoder_first" if c == 0 else "vae_decoder_next"]
-        out = e_.run({"latents": z[:, :, s:e].numpy(), **state})
-        state = {i: out[o] for o, i in (chain if c == 0 else e_.state_map).items()}
-        assert out["frames"].shape == want.shape == (1, 3, 24, 128, 192)
-        assert want.std() > 0.05  # not a degenerate (constant) decode
-        assert rel_error(want, out["frames"]) <= TOL, c
-        # the runtime's stage, chaining on its own, gives the same frames as uint8 (truncation may flip by 1)
+        assert want.shape == (1, 3, 24, 128, 192) and want.std() > 0.05  # not a degenerate (constant) decode
         lat = np.ascontiguousarray(z[:, :, s:e].numpy())
         got = stage.process(Chunk(c, s, e, lat, refined=lat)).frames
         diff = np.abs(got.astype(int) - to_uint8(want).astype(int))
-        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, c
+        assert got.shape == (24, 128, 192, 3) and diff.max() <= 1 and (diff > 0).mean() < 1e-3, c
 
 
 def test_encoder_engine_equals_torch_and_takes_any_image_size(bundle_dir, torch_vae):
@@ -134,7 +126,7 @@ def test_runtime_session_with_the_real_vae_engines(bundle_dir, tmp_path):
     img = rng.integers(0, 256, (200, 260, 3), dtype=np.uint8)
 
     def start(rt):
-        return rt.start(img, PromptEmbeddings.zeros(CFG), cam, seed=4)
+        return rt.start(img, PromptEmbeddings.zeros(CFG), cam, seed=4, keep_latents=True)
 
     rt = runtime()
     assert rt.has_encoder and rt.has_decoder and rt.image_hw == (128, 192)

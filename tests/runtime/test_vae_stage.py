@@ -175,7 +175,7 @@ def test_resume_refuses_a_decoder_cache_of_another_shape():
 def test_decoder_graphs_whose_state_maps_do_not_feed_each_other_are_refused():
     bad = FakeVAEDecoder(True)
     bad.state_map = {"cache.0.out": "cache.0"}  # cache.1 would never be fed
-    with pytest.raises(ValueError, match="cache.1.*rebuild both"):
+    with pytest.raises(ValueError, match="cache.1.*rebuild it"):
         DecoderStage(bad, FakeVAEDecoder(False))
 
 

@@ -173,9 +173,10 @@ class TensorRTEngine(Executor):
         if self._bound.get(profile) != key:
             for t in io.inputs + io.outputs:
                 buf = bindings[t.name]
-                if buf.memory is not self.memory or tuple(buf.shape) != tuple(t.shape):
-                    raise ExecutorError(f"engine {self.name!r}: {t.name!r} bound to {list(buf.shape)} in "
-                                        f"{buf.memory.kind} memory; the engine takes {list(t.shape)} in its device memory")
+                if buf.memory is not self.memory or tuple(buf.shape) != tuple(t.shape) or buf.dtype != t.dtype:
+                    raise ExecutorError(f"engine {self.name!r}: {t.name!r} bound to {buf.dtype}{list(buf.shape)} in "
+                                        f"{buf.memory.kind} memory; the engine takes {t.dtype}{list(t.shape)} in its "
+                                        "device memory")
                 if not ctx.set_tensor_address(t.name, buf.address()):
                     raise ExecutorError(f"engine {self.name!r}: set_tensor_address({t.name!r}) failed")
             self._bound[profile] = key

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from ...constants import VAE_DECODER_FIRST, VAE_DECODER_NEXT, VAE_ENCODER
+from ...constants import VAE_DECODER, VAE_ENCODER
 from ..job import EngineJob, ExportInputError, json_config, sha256_path
 
 log = logging.getLogger("sanawm.export")
@@ -56,42 +56,39 @@ def check_vae_matches(vae, cfg, where: str) -> None:
 
 
 def vae_jobs(vae, cfg, names, key: dict) -> list[EngineJob]:
-    """Export jobs of the VAE engines for the generator config's latent size (FP32, fixed shapes)."""
-    from ...models.vae import VAEDecoderStep, VAEEncoderStep, vae_compression, vae_encoder_io
+    """Export jobs of the VAE engines for the generator config's latent size (FP32): the encoder (fixed shape)
+    and ONE decoder engine for both chunk lengths (symbolic latent-frame axis, profiles first / next), whose
+    frames leave the graph as uint8."""
+    from ...models.vae import VAEEncoderStep, vae_compression, vae_encoder_io
+    from ...models.vae.dynamic import VAEDecoderDynamicStep
     from ...models.vae.frames_out import Uint8Frames
-    from ..onnx import FIXED_SHAPE_NOTE, random_inputs, run_torch
+    from ..dynamic import vae_decoder_feeds
+    from ..onnx import FIXED_SHAPE_NOTE
 
     s, _ = vae_compression(vae.config)
     lhw = (cfg.latent_height, cfg.latent_width)
     H, W = lhw[0] * s, lhw[1] * s
     jobs = []
-    first = Uint8Frames(VAEDecoderStep(vae, True, lhw)).eval()  # frames leave the engine as uint8
     rng = np.random.default_rng(5)
-    first_feeds = {"latents": rng.standard_normal(first.io.inputs[0].shape).astype(np.float32)}
     for name in names:
         if name == VAE_ENCODER:
             io = vae_encoder_io(vae.config, H, W)
             img = rng.uniform(-1, 1, io.inputs[0].shape).astype(np.float32)
             jobs.append(EngineJob(name, "vae_encoder", VAEEncoderStep(vae, H, W).eval(), io, None, {"image": img},
                                   f"first frame {W}x{H} -> normalised latent; {FIXED_SHAPE_NOTE}", VAE_PRECISION, key))
-        elif name == VAE_DECODER_FIRST:
-            jobs.append(EngineJob(name, "vae_decoder_step", first, first.io, None, first_feeds,
-                                  "chunk 0: 4 latent frames (condition + 3) -> 24 uint8 frames (condition frame dropped), "
-                                  f"no cache inputs; {FIXED_SHAPE_NOTE}", VAE_PRECISION, key, VAE_DECODER_NEXT))
+        elif name == VAE_DECODER:
+            first_n, next_n = cfg.first_chunk_size, cfg.chunk_size
+            step = Uint8Frames(VAEDecoderDynamicStep(vae, lhw, first_n, next_n)).eval()
+            profiles = {"first": {"n": first_n}, "next": {"n": next_n}}
+            jobs.append(EngineJob(
+                name, "vae_decoder_step", step, step.io, None, lambda io=step.io: vae_decoder_feeds(io, next_n, seed=6),
+                f"one engine for both chunk lengths (profiles first: {first_n} latent frames, condition frame "
+                f"dropped, caches not read; next: {next_n} + cache.{{i}}) -> 24 uint8 frames + cache.{{i}}.out",
+                VAE_PRECISION, key, profiles=profiles, dims={"n": (next_n, first_n)},
+                profile_samples=lambda prof, io=step.io: vae_decoder_feeds(io, profiles[prof]["n"], seed=11),
+            ))
         else:
-            nxt = Uint8Frames(VAEDecoderStep(vae, False, lhw)).eval()
-
-            def feeds(nxt=nxt) -> dict:
-                """Trace and check on the caches a real chunk 0 leaves behind (not random noise); made only when
-                the stage runs (a full-size first chunk costs a while on a CPU)."""
-                outs = run_torch(first, first.io, first_feeds)
-                f = random_inputs(nxt.io, seed=6)
-                f.update({first.io.state_map[k]: v for k, v in outs.items() if k in first.io.state_map})
-                return f
-
-            jobs.append(EngineJob(name, "vae_decoder_step", nxt, nxt.io, None, feeds,
-                                  "later chunks: 3 latent frames + cache.{i} -> 24 uint8 frames + cache.{i}.out; "
-                                  f"{FIXED_SHAPE_NOTE}", VAE_PRECISION, key))
+            raise ValueError(f"unknown VAE engine {name!r}")
     return jobs
 
 

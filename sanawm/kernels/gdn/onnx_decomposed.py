@@ -53,8 +53,14 @@ def _scan_length(T) -> int:
 
 def _pad_frames(x: torch.Tensor, n: int, value: float) -> torch.Tensor:
     """``x`` [B, H, T, ...] -> [B, H, n, ...], padded at the end with ``value``; the size is static (n) even
-    when T is symbolic: [x ; n pad frames][:, :, :n] (valid for any T <= n, no empty tensors)."""
-    pad = torch.full((*x.shape[:2], n, *x.shape[3:]), value, dtype=x.dtype, device=x.device)
+    when T is symbolic: [x ; n pad frames][:, :, :n] (valid for any T <= n, no empty tensors).
+
+    The pad is ``0 * x[frame 0] (+ value)`` broadcast, not a ``torch.full``: a full-shape constant would be
+    folded into an initializer (4 MB per D x D pad at full size, ~240 MB over the model), and x is finite."""
+    pad = x[:, :, :1] * 0.0
+    if value:
+        pad = pad + value
+    pad = pad.expand(*x.shape[:2], n, *x.shape[3:])
     return torch.cat([x, pad], 2)[:, :, :n]
 
 
@@ -104,7 +110,9 @@ def gdn_scan_decomposed(
                     hist[t] = hist[t] + r
                 r = Us[t] if r is None else gs[t] * (r - Ps[t] @ r) + Us[t]
         out = torch.stack(hist, 2)
-        return (out[:, :, :T] if padded else out), h_final
+        if padded:  # a gather, not a slice: a slice's strides keep t_max and make later matmuls guard on T
+            out = out.index_select(2, torch.arange(T, device=out.device))
+        return out, h_final
 
     kbT = (k * beta[..., None]).transpose(-1, -2)  # [B, H, T, D, S]
     Hm, state_out = scan(kbT @ k, kbT @ v, None if state is None else state.to(f32))

@@ -86,11 +86,7 @@ class VAEDecoderStep(nn.Module):
     # --- building blocks (each takes/returns [1, C, T, H, W]) ---------------------------------------------
     def _conv(self, m: nn.Module, x: torch.Tensor, caches: Sequence[torch.Tensor], new: list) -> torch.Tensor:
         k = m.kernel_size[0]
-        i = len(new)
-        if self.first:
-            left = x[:, :, :1].expand(-1, -1, k - 1, -1, -1)  # causal start: replicate frame 0
-        else:
-            left = caches[i]
+        left = self._left_context(x, k, caches, len(new))
         xt = torch.cat([left, x], dim=2)  # [1, C, (k-1) + T, H, W]
         new.append(xt[:, :, xt.shape[2] - (k - 1) :])  # last k-1 input frames -> next chunk
         conv: nn.Conv3d = m.conv
@@ -110,7 +106,7 @@ class VAEDecoderStep(nn.Module):
 
     def _upsample(self, u: nn.Module, x: torch.Tensor, caches, new) -> torch.Tensor:
         st, sh, sw = u.stride
-        drop = st - 1 if self.first else 0  # the clip's first st-1 frames only exist in chunk 0
+        drop = self._dropped_frames(st, x)
         res = None
         if u.residual:
             res = _depth_to_space(x, st, sh, sw)  # [1, C_in/(st sh sw), T st, H sh, W sw]
@@ -120,13 +116,28 @@ class VAEDecoderStep(nn.Module):
         h = _depth_to_space(h, st, sh, sw)[:, :, drop:]
         return h + res if res is not None else h
 
-    def forward(self, latents: torch.Tensor, *caches: torch.Tensor):
-        dec = self.decoder
+    # --- what differs between chunk 0 and later chunks (VAEDecoderDynamicStep decides it from the shape) ---
+    def _left_context(self, x: torch.Tensor, k: int, caches, i: int) -> torch.Tensor:
+        if self.first:
+            return x[:, :, :1].expand(-1, -1, k - 1, -1, -1)  # causal start: replicate frame 0
+        return caches[i]
+
+    def _dropped_frames(self, st: int, x: torch.Tensor):
+        return st - 1 if self.first else 0  # the clip's first st-1 frames only exist in chunk 0
+
+    def _drop_condition_frame(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, 1:] if self.first and self.drop_first_frame else x  # the runtime already has it
+
+    def _check_inputs(self, latents: torch.Tensor, caches) -> None:
         exp = self.io.inputs[0].shape
         if tuple(latents.shape) != exp:
             raise ValueError(f"decoder step built for latents {exp}, got {tuple(latents.shape)}")
         if not self.first and len(caches) != len(self.slots):
             raise ValueError(f"decoder next step takes {len(self.slots)} caches (cache.0..), got {len(caches)}")
+
+    def forward(self, latents: torch.Tensor, *caches: torch.Tensor):
+        dec = self.decoder
+        self._check_inputs(latents, caches)
         new: list[torch.Tensor] = []
         z = denormalize_latents(latents, self.latents_mean, self.latents_std, self.scaling_factor)
         x = self._conv(dec.conv_in, z, caches, new)
@@ -146,9 +157,7 @@ class VAEDecoderStep(nn.Module):
         _, ch, T, H, W = x.shape
         x = x.reshape(ch // (p * p), p, p, T, H, W).permute(0, 3, 4, 2, 5, 1)  # c, T, H, ph, W, pw
         x = x.reshape(1, ch // (p * p), T, H * p, W * p)
-        if self.first and self.drop_first_frame:
-            x = x[:, :, 1:]  # condition frame: the runtime already has it
-        return (x, *new)
+        return (self._drop_condition_frame(x), *new)
 
 
 class StreamingVAEDecoder:

@@ -163,3 +163,24 @@ def test_entry_points_in_a_subprocess(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: unknown engine 'nope'") and r.stderr.count("\n") == 1
     r = _run("sanawm.cli", "encode-prompt", "--help")  # handed to the build-side command untouched
     assert r.returncode == 0 and "--stage1-encoder" in r.stdout
+
+
+def test_serve_through_the_group(tmp_path, monkeypatch):
+    """`sanawm serve` (flags owned by sanawm.serve.cli): --verify reaches Runtime.load, a missing backend library is
+    one line and exit 2, its own refusals too, and --help lists its flags."""
+    pytest.importorskip("aiohttp")
+    seen = {}
+
+    def load(cls, bundle, backend="onnxruntime", **kw):
+        seen.update(kw, backend=backend)
+        raise MissingBackendError("backend 'tensorrt_rtx' needs the tensorrt_rtx package: pip install tensorrt-rtx")
+
+    monkeypatch.setattr(Runtime, "load", classmethod(load))
+    monkeypatch.delenv("SANAWM_SERVE_TOKEN", raising=False)
+    rc, err, _ = invoke(cli, ["serve", "--bundle", str(tmp_path), "--backend", "tensorrt_rtx", "--verify"])
+    assert rc == 2 and err.startswith("error: backend 'tensorrt_rtx' needs") and err.count("\n") == 1, err
+    assert seen["verify"] is True and seen["backend"] == "tensorrt_rtx"
+    rc, err, _ = invoke(cli, ["serve", "--bundle", str(tmp_path), "--host", "0.0.0.0"])
+    assert rc == 2 and "set --token" in err and err.count("\n") == 1
+    rc, _, out = invoke(cli, ["serve", "--help"])
+    assert rc == 0 and "--max-sessions" in out and "--verify" in out

@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need --token)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime | tensorrt | tensorrt_rtx")
+    p.add_argument("--verify", action="store_true", help="re-hash every bundle file against the manifest (slow for large "
+                   "bundles; by default existence, sizes and path safety are checked)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per engine call (0: its default, "
                    "all cores). 1 keeps a core for the event loop and reprojection and lets sessions run side by side; on "
                    "small CPUs it gives lower key latency and more frames/s (bench/results/serve-cpu.json)")
@@ -95,7 +97,7 @@ def serve(args) -> int:
         if not bundle.is_dir():
             raise UserError(f"--bundle {bundle} does not exist; build one with sanawm-export or omit --bundle for the demo")
     options = {"threads": args.threads} if args.threads and args.backend == "onnxruntime" else {}
-    runtime = Runtime.load(bundle, args.backend, **options)
+    runtime = Runtime.load(bundle, args.backend, verify=args.verify, **options)
     if not runtime.has_decoder or not runtime.has_encoder:
         raise UserError(f"bundle {bundle} lacks the VAE encoder/decoder; serve needs images in and out: "
                          "rebuild it with `sanawm-export ... --engines generator,vae_encoder,vae_decoder`")

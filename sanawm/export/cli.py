@@ -48,6 +48,7 @@ log = logging.getLogger("sanawm.export")
 ALL_ENGINES = GENERATOR_ENGINES + VAE_ENGINES + REFINER_ENGINES + ("toy",)
 PROG = "sanawm-export"
 PRECISIONS = ("fp32", "fp16", "fp8")
+KV_DTYPES = ("auto", "fp16", "fp32")
 CONFIGS = ("tiny", "full")
 
 
@@ -170,6 +171,9 @@ def export_options(f):
                "FP16 weights and GEMMs on the block linears, for GPUs without FP8 (range-checked over the "
                "calibration run); fp8: E4M3 W8A8 Q/DQ on the same layers. The VAE stays fp32; state, norms, softmax "
                "and the GDN recurrence stay fp32 in every case"),
+        option("precision", "--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True,
+               help="storage of the generator's softmax K/V window (its largest carried state): auto = fp16 for "
+               "fp16/fp8 exports, fp32 for fp32 exports; the engine computes in fp32 and casts at its boundary"),
         option("precision", "--calib-chunks", type=int, default=3, show_default=True,
                help="chunks of a streaming run used for FP8 calibration"),
         option("backend", "--backends", "--backend", default="onnxruntime", show_default=True,

@@ -41,7 +41,9 @@ def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | 
         from .families.generator import generator_jobs, load_generator_model
 
         model = load_generator_model(a.checkpoint, cfg, a.config, a.seed)
-        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks)
+        kv = getattr(a, "kv_dtype", "auto")
+        kv = ("fp16" if a.precision in CALIBRATED_PRECISIONS else "fp32") if kv == "auto" else kv
+        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks, kv_dtype={"fp16": "float16", "fp32": "float32"}[kv])
     if vae_names:
         from .families.vae import prepare_vae
 

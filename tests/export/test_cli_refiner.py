@@ -234,9 +234,9 @@ def test_runtime_load_uses_the_refiner_unless_disabled(tmp_path, bundle_dir):
     prompt = (g.standard_normal((1, CFG.caption_length, CFG.caption_channels)).astype(np.float32),
               np.ones((1, CFG.caption_length), np.float32))
     with pytest.warns(UserWarning, match="no refiner text"):
-        s = rt.start(lat, prompt, cam, seed=1)
+        s = rt.start(lat, prompt, cam, seed=1, keep_latents=True)
     on = list(s)
-    plain = list(off.start(lat, prompt, cam, seed=1))
+    plain = list(off.start(lat, prompt, cam, seed=1, keep_latents=True))
     for a, p in zip(on, plain):
         np.testing.assert_array_equal(a.latents, p.latents)
         assert p.refined is p.latents and rel_error(a.latents, a.refined) > 1e-3

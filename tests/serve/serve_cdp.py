@@ -29,7 +29,8 @@ class Chromium:
         self._waiting: dict[int, asyncio.Future] = {}
 
     async def __aenter__(self) -> "Chromium":
-        self._dir = tempfile.TemporaryDirectory(prefix="sanawm-chromium-")
+        # the browser's helper processes may still touch the profile while it exits: never fail on its cleanup
+        self._dir = tempfile.TemporaryDirectory(prefix="sanawm-chromium-", ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [self.binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
              "--remote-debugging-port=0", f"--user-data-dir={self._dir.name}", "--window-size=1200,760", "about:blank"],

@@ -105,7 +105,7 @@ def generator_calibration(cfg, first: bool | None, chunks: int, seed: int = 1234
     return loop
 
 
-def generator_engine_feeds(cfg, profile: str, seed: int) -> dict[str, np.ndarray]:
+def generator_engine_feeds(cfg, profile: str, seed: int, kv_dtype: str = "float32") -> dict[str, np.ndarray]:
     """Feeds of the one generator engine at ``profile``: chunk 0 with an all-masked window ("first"), or a
     later chunk with a half-filled window ("next"); ``dt`` of the first denoising step."""
     from ...runtime.scheduler import euler_dt
@@ -116,25 +116,26 @@ def generator_engine_feeds(cfg, profile: str, seed: int) -> dict[str, np.ndarray
     if first:
         f.update(masked_window_feeds(cfg))
     f["dt"] = euler_dt(f["timestep"][0], (960.0 / 1000.0, 0.0))[None].astype(np.float32)
-    return f
+    return {k: (v.astype(kv_dtype) if k.endswith("_win") else v) for k, v in f.items()}
 
 
-def generator_jobs(cfg, model, names, calib_chunks: int) -> list[EngineJob]:
-    """The one ``generator`` engine: both chunk lengths (profiles ``first`` / ``next``), Euler step inside."""
+def generator_jobs(cfg, model, names, calib_chunks: int, kv_dtype: str = "float32") -> list[EngineJob]:
+    """The one ``generator`` engine: both chunk lengths (profiles ``first`` / ``next``), Euler step inside, the
+    softmax K/V window stored as ``kv_dtype``."""
     from ...models.generator_engine import GeneratorEngine
     from ...spec import generator_profiles
     from ...spec_dynamic import frame_bounds
 
     if list(names) != [GENERATOR]:
         raise ValueError(f"the generator is one engine, {GENERATOR!r}; got {list(names)}")
-    module = GeneratorEngine(model).eval()
+    module = GeneratorEngine(model, kv_dtype=kv_dtype).eval()
     return [EngineJob(
         GENERATOR, "generator_step", module, module.io, generator_calibration(cfg, None, calib_chunks),
-        lambda: generator_engine_feeds(cfg, "next", seed=7),
+        lambda: generator_engine_feeds(cfg, "next", seed=7, kv_dtype=kv_dtype),
         "one engine for both chunk lengths: symbolic frame axis n with one optimization profile per length "
         "(first: condition frame + 3 with an all-masked window; next: 3); Euler step inside (dt in, latents.out out)",
         profiles=generator_profiles(cfg), dims=frame_bounds(cfg),
-        profile_samples=lambda prof: generator_engine_feeds(cfg, prof, seed=11),
+        profile_samples=lambda prof: generator_engine_feeds(cfg, prof, seed=11, kv_dtype=kv_dtype),
     )]
 
 

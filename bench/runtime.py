@@ -198,7 +198,8 @@ def cli_run(bundle: Path, num_chunks: int, tmp: Path) -> dict:
     np.save(lat, np.random.default_rng(0).standard_normal((1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width)).astype(np.float32))
     out = tmp / "bench.mp4"
     cmd = [sys.executable, "-m", "sanawm.cli", "generate", "--bundle", str(bundle), "--latent", str(lat), "--preset",
-           "orbit", "--seconds", str(frames / FPS), "--seed", "0", "--out", str(out)]
+           "orbit", "--seconds", str(frames / FPS), "--seed", "0", "--out", str(out),
+           "--no-prompt", "--zero-refiner-prompt"]  # zeros, as before the CLI required saying so
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
@@ -213,7 +214,7 @@ def cli_run(bundle: Path, num_chunks: int, tmp: Path) -> dict:
     video_s = (got_frames or frames) / FPS
     return {
         "command": "python -m sanawm.cli generate --bundle B --latent first.npy --preset orbit --seconds "
-                   f"{frames / FPS} --seed 0 --out bench.mp4",
+                   f"{frames / FPS} --seed 0 --out bench.mp4 --no-prompt --zero-refiner-prompt",
         "chunks": got_chunks, "video_frames": got_frames, "decoded_frames": decoded, "video_seconds": video_s,
         "wall_s": wall, "seconds_per_video_second": wall / video_s,
     }

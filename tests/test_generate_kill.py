@@ -52,16 +52,20 @@ def _expected_preview(bundle, latent_path, args_list, num_chunks):
     """Preview frames of the first ``num_chunks`` chunks, computed in-process the way the CLI does."""
     import math
 
-    from sanawm.cli import build_parser, prepare_inputs, prompt_inputs, target_num_frames
+    from types import SimpleNamespace
+
+    from sanawm.cli.generate import generate
+    from sanawm.cli.inputs import prepare_inputs, target_num_frames
+    from sanawm.cli.prompting import prompt_inputs
     from sanawm.runtime import Runtime
     from sanawm.runtime.frames import latent_preview
 
-    args = build_parser().parse_args(args_list)
+    args = SimpleNamespace(**generate.make_context("generate", list(args_list[1:])).params)
     runtime = Runtime.load(bundle, "onnxruntime")
     first, camera, F = prepare_inputs(runtime, args, target_num_frames(args.seconds))
-    session = runtime.start(first, prompt_inputs(runtime, None), camera, seed=args.seed, num_frames=F)
+    session = runtime.start(first, prompt_inputs(runtime, args), camera, seed=args.seed, num_frames=F)
     cfg = runtime.cfg
-    scale = max(2, 2 * math.ceil(128 / (2 * cfg.latent_width)))  # as sanawm.cli.render
+    scale = max(2, 2 * math.ceil(128 / (2 * cfg.latent_width)))  # as sanawm.cli.render.render
     frames = []
     for _ in range(num_chunks):
         ch = next(session)
@@ -80,7 +84,7 @@ def test_sigkill_leaves_playable_mp4(bundle, tmp_path):
     np.save(latent, rng.standard_normal((1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width)).astype(np.float32))
     out = tmp_path / "clip.mp4"
     args = ["generate", "--bundle", str(bundle), "--latent", str(latent), "--preset", "orbit",
-            "--seconds", str(SECONDS), "--seed", "11", "--out", str(out)]
+            "--seconds", str(SECONDS), "--seed", "11", "--out", str(out), "--no-prompt"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "sanawm.cli", *args], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, env=env)

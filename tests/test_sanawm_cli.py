@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from sanawm import cli
+from sanawm.cli import UserError
+from sanawm.cli.inputs import camera_path, parse_budget
 from sanawm.config import tiny
 from sanawm.runtime import Runtime
 from sanawm.runtime.video import read_video
@@ -82,14 +84,15 @@ def test_folder_without_manifest_is_reported(tmp_path, capsys):
         ([], "exactly one camera source"),
         (["--preset", "orbit", "--latent", "x.npy"], "exactly one of --image"),
         (["--preset", "orbit", "--seconds", "0"], "--seconds must be positive"),
-        (["--preset", "spin"], "unknown camera preset"),
+        (["--preset", "spin"], "Invalid value for '--preset': 'spin' is not one of"),
         (["--action", "q-10"], ""),
     ],
 )
 def test_argument_errors(bundle, tmp_path, capsys, extra, message):
     img = save_png(tmp_path / "a.png", (128, 192, 3))
-    rc, err = run(["generate", "--bundle", str(bundle), "--image", img, "--out", str(tmp_path / "o.mp4")] + extra, capsys)
-    assert rc == 2 and err.startswith("error: ") and message in err
+    rc, err = run(["generate", "--bundle", str(bundle), "--image", img, "--out", str(tmp_path / "o.mp4"), "--no-prompt"]
+                  + extra, capsys)
+    assert rc == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_image_with_wrong_channels_is_refused(bundle, tmp_path, capsys):
@@ -99,7 +102,7 @@ def test_image_with_wrong_channels_is_refused(bundle, tmp_path, capsys):
     a = np.full((128, 192, 4), 100, np.uint8)
     a[..., 3] = 10
     Image.fromarray(a, "RGBA").save(p)
-    rc, err = run(["generate", "--bundle", str(bundle), "--image", str(p), "--preset", "orbit"], capsys)
+    rc, err = run(["generate", "--bundle", str(bundle), "--image", str(p), "--preset", "orbit", "--no-prompt"], capsys)
     assert rc == 2 and "transparent" in err
 
 
@@ -108,7 +111,8 @@ def test_malformed_trajectory_is_refused(bundle, tmp_path, capsys):
     c2w = np.tile(np.eye(4), (50, 1, 1))
     c2w[3, :3, :3] *= 2.0  # not a rotation
     np.save(tmp_path / "c2w.npy", c2w)
-    rc, err = run(["generate", "--bundle", str(bundle), "--image", img, "--camera", str(tmp_path / "c2w.npy")], capsys)
+    rc, err = run(["generate", "--bundle", str(bundle), "--image", img, "--camera", str(tmp_path / "c2w.npy"),
+                   "--no-prompt"], capsys)
     assert rc == 2 and err.startswith("error: ") and "rotation" in err.lower(), err
 
 
@@ -118,11 +122,11 @@ def test_generate_writes_mp4_png_and_latents(bundle, tmp_path, capsys):
     rc, err = run(
         ["generate", "--bundle", str(bundle), "--latent", "unused"][:3]
         + ["--image", img, "--preset", "orbit", "--seconds", "3", "--out", str(out),
-           "--png-dir", str(tmp_path / "png"), "--save-latents", str(tmp_path / "lat.npy")],
+           "--png-dir", str(tmp_path / "png"), "--save-latents", str(tmp_path / "lat.npy"), "--no-prompt"],
         capsys,
     )
     assert rc == 0, err
-    assert "no --prompt-embeddings" in err and "sanawm encode-prompt" in err
+    assert "--no-prompt: the generator runs on all-zero prompt features" in err
     assert "chunk 2/2" in err and "frames/s" in err and "ETA" in err  # plain progress lines (not a TTY)
     assert read_video(out).shape == (48, 16, 24, 3)  # 3 s = 49 = 24k + 1 frames -> 48 output frames
     assert len(list((tmp_path / "png").iterdir())) == 48
@@ -135,7 +139,8 @@ def test_generate_needs_an_encoder_for_images(tmp_path, capsys, monkeypatch):
     d.mkdir()
     monkeypatch.setattr(Runtime, "load", classmethod(lambda cls, *a, **k: fake_runtime(encoder=False)))
     img = save_png(tmp_path / "a.png", (128, 192, 3))
-    rc, err = run(["generate", "--bundle", str(d), "--image", img, "--preset", "orbit", "--out", str(tmp_path / "o.mp4")], capsys)
+    rc, err = run(["generate", "--bundle", str(d), "--image", img, "--preset", "orbit", "--out", str(tmp_path / "o.mp4"),
+                   "--no-prompt"], capsys)
     assert rc == 2 and "no vae_encoder" in err
 
 
@@ -146,7 +151,7 @@ def test_generate_is_torch_free_end_to_end(tmp_path):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent / 'runtime')!r})
         import numpy as np
-        import sanawm.runtime, sanawm.cli
+        import sanawm.runtime, sanawm.cli.render
         from fakes import FakeDecoder, fake_generators
         from sanawm.config import tiny
         from sanawm.runtime import Runtime, PromptEmbeddings, Session
@@ -160,7 +165,7 @@ def test_generate_is_torch_free_end_to_end(tmp_path):
         next(s)
         s.save({str(tmp_path / 's.npz')!r})
         s = Session.resume({str(tmp_path / 's.npz')!r}, rt)
-        summary = sanawm.cli.render(s, {str(tmp_path / 'c.mp4')!r}, save_latents={str(tmp_path / 'l.npy')!r})
+        summary = sanawm.cli.render.render(s, {str(tmp_path / 'c.mp4')!r}, save_latents={str(tmp_path / 'l.npy')!r})
         assert summary["chunks"] == 3, summary
         bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
         assert not bad, bad
@@ -275,14 +280,14 @@ def test_action_style_flag_selects_the_key_mapping():
     paths = {}
     for style in ("current", "diffusers"):
         args = type("A", (), dict(intrinsics=None, camera=None, action="a-10", action_style=style, preset=None))()
-        paths[style] = cli.camera_path(args, (704, 1280), 11).c2w
+        paths[style] = camera_path(args, (704, 1280), 11).c2w
     cur, old = paths["current"], paths["diffusers"]
     assert np.allclose(cur[-1, :3, 3], 0.0) and not np.allclose(cur[-1, :3, :3], np.eye(3))
     assert not np.allclose(old[-1, :3, 3], 0.0) and np.allclose(old[-1, :3, :3], np.eye(3))
 
 
 def test_weight_streaming_budget_is_parsed_or_refused():
-    assert cli._budget(None) is None
-    assert cli._budget("2G") == 2 * 2**30 and cli._budget("50%") == 0.5
-    with pytest.raises(ValueError, match="weight-streaming-budget"):
-        cli._budget("lots")
+    assert parse_budget(None) is None
+    assert parse_budget("2G") == 2 * 2**30 and parse_budget("50%") == 0.5
+    with pytest.raises(UserError, match="weight-streaming-budget"):
+        parse_budget("lots")

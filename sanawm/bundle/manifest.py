@@ -83,7 +83,7 @@ class Bundle:
         *,
         backends: Iterable[str] | None = None,
         environment: Iterable[BackendEnv] | BackendEnv | None = None,
-        verify_hashes: bool = True,
+        verify_hashes: bool = False,
     ) -> "Bundle":
         """Read ``manifest.json`` and validate the bundle.
 
@@ -91,7 +91,10 @@ class Bundle:
             directory: the bundle folder.
             backends: check only the files these backends need (default: every file the manifest names).
             environment: the caller's TensorRT / TensorRT-RTX versions and GPU; plans are checked against it.
-            verify_hashes: recompute every file's sha256 (off: sizes only, for very large bundles).
+            verify_hashes: also recompute every file's sha256 against the manifest (``--verify``). Off by default:
+                opening then reads the manifest and the (small) ONNX graph files only, never a weight or plan
+                file's contents, and checks what is cheap -- every file exists with its recorded size, every path
+                and external-data location stays inside the bundle. A same-size corruption needs ``True``.
         Raises:
             BundleError naming the engine and the ``sanawm-export ... --engines NAME`` command to rebuild it.
         """
@@ -195,7 +198,7 @@ class Bundle:
         *,
         backends: Iterable[str] | None = None,
         environment: Iterable[BackendEnv] | BackendEnv | None = None,
-        verify_hashes: bool = True,
+        verify_hashes: bool = False,
         engines: Iterable[str] | None = None,
     ) -> None:
         if isinstance(environment, BackendEnv):

@@ -29,6 +29,11 @@ class ExecutorError(ValueError):
     """Bad feeds or an engine that does not match its manifest entry."""
 
 
+class MissingBackendError(ImportError):
+    """A backend library (onnxruntime, tensorrt, tensorrt_rtx) is not installed; the message has the install
+    command. A user error (the CLIs print it in one line), unlike any other ImportError."""
+
+
 def check_feeds(name: str, inputs: tuple[TensorSpec, ...], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Check ``feeds`` against ``inputs`` (names, dtypes, shapes); returns them as contiguous arrays.
 

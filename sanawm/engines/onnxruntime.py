@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..spec import TensorSpec
-from .base import Executor, ExecutorError
+from .base import Executor, ExecutorError, MissingBackendError
 
 
 def import_ort():
@@ -22,7 +22,7 @@ def import_ort():
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ImportError(
+        raise MissingBackendError(
             "backend 'onnxruntime' needs the onnxruntime package: pip install 'sanawm[onnxruntime]' "
             "(or onnxruntime-gpu for CUDA)"
         ) from None

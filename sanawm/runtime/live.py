@@ -27,7 +27,7 @@ import numpy as np
 
 from ..camera.conditioning import MODEL_IMAGE_HW
 from .noise import NoiseSource
-from .prompt import PromptEmbeddings
+from .prompt import coerce_prompt
 from .scheduler import Conditioning
 from .session import Session
 from .steering import TEMPORAL_STRIDE, CameraRig, chunk_camera, chunk_frames, parse_keys
@@ -222,7 +222,7 @@ class LiveSession:
         if self.session is not None:
             self.session.save(stem.with_name(stem.name + ".npz"))
         else:  # nothing generated yet: keep the first-frame latent and prompt in the npz ourselves
-            p = PromptEmbeddings.coerce(self._prompt, self.runtime.cfg)
+            p = coerce_prompt(self._prompt, self.runtime.cfg)
             with open(stem.with_name(stem.name + ".npz"), "wb") as f:
                 np.savez(f, latent=self._latent, text=p.text, text_mask=p.text_mask)
         tmp = stem.with_name(stem.name + ".json.tmp")

@@ -28,16 +28,17 @@ def default_runtime_cache_dir(ident: str) -> Path:
     return base / "sanawm" / "runtime-cache" / ident[:16]
 
 
-def open_bundle(bundle_dir, backend: str):
-    """The validated bundle and, for plan backends, this machine's ``BackendEnv`` (checked against the plans)."""
+def open_bundle(bundle_dir, backend: str, verify: bool = False):
+    """The validated bundle and, for plan backends, this machine's ``BackendEnv`` (checked against the plans).
+    ``verify``: also re-hash every file (else sizes, paths and external-data locations only; see ``Bundle.open``)."""
     from ..bundle import Bundle
 
     if backend not in PLAN_BACKENDS:
-        return Bundle.open(bundle_dir, backends=[backend]), None
+        return Bundle.open(bundle_dir, backends=[backend], verify_hashes=verify), None
     from ..engines.tensorrt import detect_environment
 
     env = detect_environment(backend)
-    return Bundle.open(bundle_dir, backends=[backend], environment=env), env
+    return Bundle.open(bundle_dir, backends=[backend], environment=env, verify_hashes=verify), env
 
 
 def plan_options(names, backend: str, env, ident: str, options: dict) -> dict[str, dict]:

@@ -100,7 +100,7 @@ class Runtime:
 
     @classmethod
     def load(cls, bundle_dir, backend: str = "onnxruntime", *, refiner: bool = True, refiner_seed: int = 42,
-             weight_streaming_budget=None, **options) -> "Runtime":
+             weight_streaming_budget=None, verify: bool = False, **options) -> "Runtime":
         """Open a bundle folder and load every engine it has for ``backend`` (options go to the executors).
 
         Everything that can fail does so here, before any output exists: bundle validation (for TensorRT
@@ -110,11 +110,13 @@ class Runtime:
         ``weight_streaming_budget`` (TensorRT backends): bytes, a fraction in (0, 1] or ``"auto"`` of streamable
         weights kept on the device, for every engine whose plan was built with ``--weight-streaming``.
         TensorRT options: ``use_cuda_graph`` (default True), ``runtime_cache_dir`` (TensorRT-RTX JIT cache).
+        ``verify=True`` re-hashes every file against the manifest's sha256 (slow for a full-size bundle); by default
+        the bundle is checked for existence, sizes and path safety only.
         """
         from ..engines import load_executor
         from .loading import activate_on_device, bundle_id, open_bundle, plan_options
 
-        bundle, env = open_bundle(bundle_dir, backend)
+        bundle, env = open_bundle(bundle_dir, backend, verify)
         ident = bundle_id(bundle_dir)
         cfg = bundle.generator_config
         if cfg is None:

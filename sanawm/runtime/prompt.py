@@ -1,5 +1,9 @@
 """Stage-1 prompt embeddings for the torch-free runtime: checked against the bundle, or zeros.
 
+Zeros (``PromptEmbeddings.zeros``) are not "no prompt": the model was trained on encoder features, so all-zero
+features are a constant, out-of-distribution condition that steers the output its own way (the output does not
+ignore it). The CLI uses them only when asked (``--no-prompt``).
+
 One reader: prompt files written by ``sanawm encode-prompt`` (``.safetensors`` with the ``sanawm.prompt`` header)
 are read and checked by ``sanawm.text.store.load_prompt_embeddings`` against what the bundle expects -- caption
 length and channels from its generator config, the stage-1 encoder identity from the manifest's

@@ -158,7 +158,8 @@ class RefinerStage:
         return 0 if self.sink_kv is None else self.sink_frames + self.blocks_done * self.block
 
     def set_text(self, text: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """The refiner's prompt (features [1, T, D], mask [1, T]); None: zeros (every token on), with a warning."""
+        """The refiner's prompt (features [1, T, D], mask [1, T]); None: zeros (every token on), with a warning.
+        Zeros are not "no text": a constant, out-of-distribution condition the refiner does not ignore."""
         L, D = self.caption_length, self.caption_channels
         if text is None:
             warnings.warn(

@@ -1,4 +1,7 @@
-"""``sanawm serve`` arguments and entry point (``sanawm.cli`` adds the subcommand with these)."""
+"""``sanawm serve`` arguments and entry point (``sanawm.cli.serve`` adds the subcommand with these).
+
+Refusals raise ``UserError`` (one line, exit 2 at the CLI boundary); anything else is a bug with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ..cli.base import UserError
 
 DEFAULT_BUNDLE = "sanawm-demo-bundle"  # the folder `sanawm demo` builds and reuses
 TOKEN_ENV = "SANAWM_SERVE_TOKEN"
@@ -19,6 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need --token)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime | tensorrt | tensorrt_rtx")
+    p.add_argument("--verify", action="store_true", help="re-hash every bundle file against the manifest (slow for large "
+                   "bundles; by default existence, sizes and path safety are checked)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per engine call (0: its default, "
                    "all cores). 1 keeps a core for the event loop and reprojection and lets sessions run side by side; on "
                    "small CPUs it gives lower key latency and more frames/s (bench/results/serve-cpu.json)")
@@ -36,23 +43,23 @@ def add_arguments(p) -> None:
 
 
 def _ensure_demo_bundle(bundle: Path) -> None:
-    from ..cli import DEMO_ENGINES, _demo_bundle_ready
+    from ..cli.demo import DEMO_ENGINES, demo_bundle_ready
 
-    if _demo_bundle_ready(bundle):
+    if demo_bundle_ready(bundle):
         return
     print(f"building the tiny random demo bundle in {bundle} (once) ...", file=sys.stderr)
     code = "import sys; from sanawm.export.cli import main; sys.exit(main(sys.argv[1:]))"
     r = subprocess.run([sys.executable, "-c", code, "--random", "--config", "tiny", "--out", str(bundle), "--backends",
                         "onnxruntime", "--precision", "fp32", "--engines", ",".join(DEMO_ENGINES)])
     if r.returncode != 0:
-        raise ValueError(f"building the demo bundle in {bundle} failed (exit {r.returncode}); pass --bundle DIR instead")
+        raise UserError(f"building the demo bundle in {bundle} failed (exit {r.returncode}); pass --bundle DIR instead")
 
 
 def _prompt_encoder(args, runtime):
     """text -> prompt embeddings through `sanawm encode-prompt` (subprocess, cached), or None."""
     if not args.tiny_encoder and args.stage1_encoder is None:
         return None
-    from ..cli import encode_prompt_text
+    from ..cli.prompting import encode_prompt_text
     from ..runtime.prompt import load_prompt
 
     def encode(text: str):
@@ -77,10 +84,10 @@ def serve(args) -> int:
     except ValueError:
         loopback = args.host == "localhost"
     if not loopback and not args.token:
-        raise ValueError(f"--host {args.host} is reachable from other machines; set --token (or ${TOKEN_ENV}) first")
+        raise UserError(f"--host {args.host} is reachable from other machines; set --token (or ${TOKEN_ENV}) first")
     for name in ("max_sessions", "idle_timeout", "max_seconds"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
     if args.bundle is None:
         bundle = Path(DEFAULT_BUNDLE)
         _ensure_demo_bundle(bundle)
@@ -88,13 +95,12 @@ def serve(args) -> int:
     else:
         bundle = Path(args.bundle)
         if not bundle.is_dir():
-            raise ValueError(f"--bundle {bundle} does not exist; build one with sanawm-export or omit --bundle for the demo")
+            raise UserError(f"--bundle {bundle} does not exist; build one with sanawm-export or omit --bundle for the demo")
     options = {"threads": args.threads} if args.threads and args.backend == "onnxruntime" else {}
-    runtime = Runtime.load(bundle, args.backend, **options)
+    runtime = Runtime.load(bundle, args.backend, verify=args.verify, **options)
     if not runtime.has_decoder or not runtime.has_encoder:
-        raise ValueError(f"bundle {bundle} lacks the VAE encoder/decoder; serve needs images in and out: "
-                         "rebuild it with `sanawm-export ... --engines generator_first,generator_next,vae_encoder,"
-                         "vae_decoder_first,vae_decoder_next`")
+        raise UserError(f"bundle {bundle} lacks the VAE encoder/decoder; serve needs images in and out: "
+                         "rebuild it with `sanawm-export ... --engines generator,vae_encoder,vae_decoder`")
     limits = Limits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout, max_seconds=args.max_seconds)
     app = create_app(runtime, limits, snapshot_dir=args.snapshot_dir, token=args.token,
                      prompt_encoder=_prompt_encoder(args, runtime))

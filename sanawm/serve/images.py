@@ -12,7 +12,7 @@ JPEG_QUALITY = 80
 
 
 def _road(hw):
-    from ..cli import demo_image  # the `sanawm demo` first frame
+    from ..cli.demo import demo_image  # the `sanawm demo` first frame
 
     return demo_image(hw)
 

@@ -70,8 +70,8 @@ def test_altered_file_detected_by_hash(bundle_factory, tmp_path):
     data[5] ^= 0xFF  # same size, different content
     (root / "add.onnx.data").write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"sha256 .*altered.*--engines add"):
-        Bundle.open(root)
-    Bundle.open(root, verify_hashes=False)  # size-only mode does not see it (documented trade-off)
+        Bundle.open(root, verify_hashes=True)
+    Bundle.open(root)  # the default, size-only open does not see it (documented trade-off: --verify)
 
 
 def test_truncated_file_detected_by_size(bundle_factory, tmp_path):

@@ -3,6 +3,7 @@
 import json
 import logging
 
+import click
 import pytest
 
 from sanawm.bundle import Bundle, BackendEnv
@@ -40,7 +41,7 @@ def test_cli_toy_fp8_bundle(tmp_path, caplog):
     data[100] ^= 1
     plan.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="altered"):
-        Bundle.open(out)
+        Bundle.open(out, verify_hashes=True)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="sanawm.export"):
         assert main(args) == 0
@@ -57,27 +58,27 @@ def test_cli_toy_fp8_bundle(tmp_path, caplog):
     assert json.loads((out / "manifest.json").read_text())["engines"]["toy"]["precision"] == "fp32"
 
 
-def test_cli_rejects_toy_with_checkpoint(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--checkpoint", str(tmp_path / "x.pth"), "--engines", "toy", "--out", str(tmp_path)])
+def test_cli_rejects_toy_with_checkpoint(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "x.pth"), "--engines", "toy", "--out", str(tmp_path)]) == 2
+    assert "engine 'toy' has no checkpoint; use --random" in capsys.readouterr().err
 
 
 def test_cli_spellings_of_the_tiny_model_and_backends():
     a = parse_args(["--checkpoint", "tiny", "--out", "b", "--backend", "onnx,tensorrt-rtx"])
     assert a.random and a.checkpoint is None and a.config == "tiny"
     assert a.backends == ["onnxruntime", "tensorrt_rtx"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(click.UsageError, match="conflicts with --config full"):
         parse_args(["--checkpoint", "tiny", "--config", "full", "--out", "b"])
 
 
-def test_cli_names_the_missing_backend_library(monkeypatch, tmp_path, caplog):
-    import sanawm.engines.tensorrt.library as trt_engines
+def test_cli_names_the_missing_backend_library(monkeypatch, tmp_path, capsys):
+    import sanawm.engines.tensorrt.library as trt_library
 
-    monkeypatch.setitem(trt_engines._TRT_MODULES, "tensorrt_rtx", "no_such_module_xyz")
-    with caplog.at_level(logging.ERROR, logger="sanawm.export"):
-        assert main(["--random", "--engines", "toy", "--out", str(tmp_path / "b"),
-                     "--backends", "onnxruntime,tensorrt_rtx"]) == 2
-    msg = " ".join(r.getMessage() for r in caplog.records)
+    monkeypatch.setitem(trt_library._TRT_MODULES, "tensorrt_rtx", "no_such_module_xyz")
+    assert main(["--random", "--engines", "toy", "--out", str(tmp_path / "b"),
+                 "--backends", "onnxruntime,tensorrt_rtx"]) == 2
+    msg = capsys.readouterr().err
+    assert msg.startswith("error: ") and msg.count("\n") == 1
     assert "'tensorrt_rtx' needs" in msg and "pip install tensorrt-rtx" in msg
     assert not (tmp_path / "b").exists()  # refused before any work
 

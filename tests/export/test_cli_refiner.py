@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import click
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -140,7 +141,7 @@ def test_default_engines_and_flags():
                 ["--random", "--out", "x", "--no-refiner", "--engines", "refiner_step"],
                 ["--random", "--out", "x", "--weight-streaming"],  # onnxruntime only: nothing to stream
                 ["--random", "--out", "x", "--backends", "tensorrt", "--weight-streaming", "nope"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(click.UsageError):
             parse_args(bad)
 
 

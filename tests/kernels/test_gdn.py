@@ -293,7 +293,7 @@ def test_custom_op_exports_plugin_node(form):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 7. Triton AOT compile to PTX on a CPU machine (what the TensorRT plugin embeds)
+# 7. Triton AOT compile to PTX on a CPU machine (sm_90 and sm_120; what a future TensorRT plugin would embed)
 def _triton_nvidia_backend() -> bool:
     try:
         from triton.backends import backends
@@ -307,13 +307,14 @@ def _triton_nvidia_backend() -> bool:
 @pytest.mark.skipif(
     not (HAS_TRITON and _triton_nvidia_backend()), reason="triton's nvidia compiler backend is unavailable"
 )
-def test_aot_compile_ptx_sm90(tmp_path):
+@pytest.mark.parametrize("sm", [90, 120])
+def test_aot_compile_ptx(tmp_path, sm):
     # AOT compile cannot run in an interpret-mode process: run it in a clean subprocess (as a user would)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "sanawm.kernels.gdn.trt_plugin", "--sm", "90", "--kernels", "scan_fwd"]
+    cmd = [sys.executable, "-m", "sanawm.kernels.gdn.aot", "--sm", str(sm), "--kernels", "scan_fwd"]
     cmd += ["--out", str(tmp_path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    ptx = (tmp_path / "gdn_scan_fwd.sm90.ptx").read_text()
-    assert ".target sm_90" in ptx and ".entry gdn_scan_kernel" in ptx
+    ptx = (tmp_path / f"gdn_scan_fwd.sm{sm}.ptx").read_text()
+    assert f".target sm_{sm}" in ptx and ".entry gdn_scan_kernel" in ptx
     assert "shared" in r.stdout  # the report line gives the shared-memory size the plugin must request

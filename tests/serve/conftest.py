@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-DEMO_ENGINES = "generator_first,generator_next,vae_encoder,vae_decoder_first,vae_decoder_next"
+DEMO_ENGINES = "generator,vae_encoder,vae_decoder"  # bundle schema 2 names (sanawm.constants)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import importlib
 from typing import Any, Mapping, Sequence
 
 from ...spec import TensorSpec
-from ..base import ExecutorError
+from ..base import ExecutorError, MissingBackendError
 from .cuda import cuda_check, cuda_runtime
 
 _TRT_MODULES = {"tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt_rtx"}
@@ -32,7 +32,7 @@ def import_trt(backend: str):
         return importlib.import_module(_TRT_MODULES[backend])
     except ImportError as e:
         how = "pip install tensorrt-rtx" if backend == "tensorrt_rtx" else "pip install tensorrt (NVIDIA's wheels)"
-        raise ImportError(f"backend {backend!r} needs the {_TRT_MODULES[backend]} package ({e}): {how}, or use "
+        raise MissingBackendError(f"backend {backend!r} needs the {_TRT_MODULES[backend]} package ({e}): {how}, or use "
                           "backend 'onnxruntime'") from None
 
 

@@ -7,7 +7,7 @@ torch reference elsewhere. All forms share the layouts documented in :mod:`.refe
 Files: ``reference.py`` (oracle ``gdn_recurrent_ref`` and phase-split ``gdn_chunk_ref``),
 ``triton_phase_a.py`` / ``triton_scan.py`` / ``triton_output.py`` (kernels), ``triton_gdn.py`` (public
 Triton fn), ``onnx_decomposed.py`` (export form a), ``custom_op.py`` (export form b: ``sanawm::gdn_scan``
-and its ONNX plugin node), ``trt_plugin.py`` (TensorRT plugin + Triton AOT compile).
+and its ONNX node, a contract for a future TensorRT plugin; none exists), ``aot.py`` (Triton AOT compile to PTX).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Export form (b): ``sanawm::gdn_scan`` as one opaque op, exported to one custom-domain ONNX node that
-TensorRT maps onto the plugin in :mod:`.trt_plugin`.
+"""Export form (b): ``sanawm::gdn_scan`` as one opaque op, exported to one custom-domain ONNX node -- the
+contract for a TensorRT plugin that does not exist yet (no exporter emits this node by default; bundles use
+the decomposed form a, and a TensorRT build of a graph with this node fails for want of the plugin).
 
 The op has a fixed arity (plugins take a fixed input list): ``state`` and ``z`` are always passed (zeros
 when the caller has none) and, for the numerator-only camera form (``has_den=False``), ``qz``/``kz`` are

@@ -71,29 +71,6 @@ def gdn_scan_kernel(
             b_r = tl.dot(b_w, b_r, input_precision=DOT_PRECISION) + b_u
 
 
-@triton.jit
-def gdn_scan_plugin_kernel(
-    w,
-    u,
-    h0,
-    T,
-    D,
-    N,
-    hist,
-    ht,
-    REVERSE: tl.constexpr,
-    BD: tl.constexpr,
-    BN: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """TensorRT QDP argument order (inputs, extra scalar args, outputs) around :func:`gdn_scan_kernel`."""
-    gdn_scan_kernel(
-        w, u, h0, hist, ht, T, D, N,
-        USE_INITIAL_STATE=True, STORE_FINAL_STATE=not REVERSE, REVERSE=REVERSE,
-        BD=BD, BN=BN, DOT_PRECISION=DOT_PRECISION,
-    )  # fmt: skip
-
-
 SCAN_NUM_WARPS = 4
 SCAN_NUM_STAGES = 2
 

@@ -1,40 +1,23 @@
-"""TensorRT plugin ``sanawm::gdn_scan`` (Quickly Deployable Plugin API) and Triton AOT compilation to PTX.
+"""Triton AOT compilation of the GDN kernels to PTX for a given compute capability (no GPU needed).
 
-(No ``from __future__ import annotations`` here: ``tensorrt.plugin`` reads the real annotation objects.)
+A build-time tool: it proves the kernels compile for sm_90 (H100/H200) and sm_120 (RTX Blackwell) and gives
+each kernel's PTX, entry symbol and shared-memory size, what a TensorRT plugin would embed. There is no TensorRT
+plugin: exports use the decomposed GDN form (``onnx_decomposed.py``), which TensorRT builds with its own
+kernels; the single-node ``sanawm::gdn_scan`` of ``custom_op.py`` is an ONNX contract for a future plugin.
 
-UNTESTED WITHOUT TENSORRT: full TensorRT cannot be installed on the development machines (see
-deployment-notes.md section 0), so :func:`register_trt_plugin` is written against the documented
-``tensorrt.plugin`` API (register / aot_impl, TRT >= 10.9) and only imported lazily. What *is* tested here:
-the ONNX node it consumes (``custom_op.py``) and the AOT compile of the Triton kernels to PTX on a CPU
-machine (:func:`aot_compile`), which needs no GPU.
-
-Kernel plan inside the engine. ``tensorrt.plugin.aot_impl`` returns exactly one kernel per plugin launch,
-but the chunkwise op is 5-8 launches (phase A x2-4, scan x1-4, output x1) with float32 workspaces. The
-plugin therefore embeds the **scan** kernel, which is the only serial, non-GEMM part, as
-``sanawm::gdn_state_scan`` (inputs W [B,H,T,D,D], U [B,H,T,D,N], h0 [B,H,D,N]; outputs hist, h_final),
-while phase A (K^T B K, K^T B V: batched MatMuls) and phase C (q H / (qz Hz + eps)) stay as standard ONNX
-ops that TensorRT fuses itself. The single-node ``sanawm::gdn_scan`` of ``custom_op.py`` is the
-contract for a future C++ IPluginV3 (or a multi-kernel plugin) that runs all phases; until that exists
-the decomposed export (form a) is the deployable path. This split is recorded in the report of the
-kernel work; it is a decision for the lead.
-
-CLI (what the test runs in a clean process, since AOT compile does not work under TRITON_INTERPRET=1):
-    python -m sanawm.kernels.gdn.trt_plugin --sm 90 --out build/ptx [--kernels scan_fwd,output_den]
+CLI (a clean process: AOT compile does not work under TRITON_INTERPRET=1):
+    python -m sanawm.kernels.gdn.aot --sm 90 --out build/ptx [--kernels scan_fwd,output_den]
 """
 
 import argparse
 import dataclasses
 import os
 from pathlib import Path
-from typing import Tuple
-
-PLUGIN_NAMESPACE = "sanawm"
-SCAN_PLUGIN = "gdn_state_scan"
 
 
 @dataclasses.dataclass
 class AotKernel:
-    """One compiled kernel: what ``aot_impl`` hands to TensorRT."""
+    """One compiled kernel: entry symbol, PTX and launch facts."""
 
     name: str  # entry symbol in the PTX
     ptx: str
@@ -66,11 +49,6 @@ def _variants(D: int, Dv: int, dot_precision: str = "ieee", in_dtype: str = "fp3
         cx = dict(USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, REVERSE=rev, BD=BD, BN=BN)
         cx["DOT_PRECISION"] = dot_precision
         out[name] = (Bs.gdn_scan_kernel, sig, cx, Bs.SCAN_NUM_WARPS, Bs.SCAN_NUM_STAGES)
-    for name, rev in (("scan_plugin_fwd", False), ("scan_plugin_rev", True)):
-        BD, BN = Bs.scan_blocks(D, Dv)
-        sig = {"w": p32, "u": p32, "h0": p32, "T": "i32", "D": "i32", "N": "i32", "hist": p32, "ht": p32}
-        cx = dict(REVERSE=rev, BD=BD, BN=BN, DOT_PRECISION=dot_precision)
-        out[name] = (Bs.gdn_scan_plugin_kernel, sig, cx, Bs.SCAN_NUM_WARPS, Bs.SCAN_NUM_STAGES)
     for name, has_den in (("output_den", True), ("output_num", False)):
         BS, BD, BV = C.output_blocks(D, Dv)
         sig = {"q": p_in, "hm": p32, "qz": p_in, "hz": p32, "o": f"*{out_dtype}"}
@@ -88,7 +66,7 @@ def aot_compile(sm: int = 90, D: int = 112, Dv: int = 112, kernels=None, dot_pre
     only; S, T, N stay runtime arguments.
 
     Raises RuntimeError when run with TRITON_INTERPRET=1 (the interpreter replaces the compiler; run
-    ``python -m sanawm.kernels.gdn.trt_plugin`` in a clean process instead).
+    ``python -m sanawm.kernels.gdn.aot`` in a clean process instead).
     """
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("aot_compile: unset TRITON_INTERPRET (interpret mode cannot compile kernels)")
@@ -109,40 +87,6 @@ def aot_compile(sm: int = 90, D: int = 112, Dv: int = 112, kernels=None, dot_pre
         k = triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
         result[name] = AotKernel(k.name, k.asm["ptx"], k.metadata.shared, num_warps, cx, sig)
     return result
-
-
-def register_trt_plugin(sm: int = 90, D: int = 112, Dv: int = 112):
-    """Register ``sanawm::gdn_state_scan`` with TensorRT (forward scan with initial/final state, the
-    streaming path; reverse is the same kernel with REVERSE=1). Needs ``tensorrt`` >= 10.9; untested here.
-
-    Inputs  W [B,H,T,D,D], U [B,H,T,D,Dv], h0 [B,H,D,Dv]   (all float32)
-    Outputs hist [B,H,T,D,Dv] (like U), h_final [B,H,D,Dv] (like h0)
-    """
-    import tensorrt.plugin as trtp  # lazy: not installable on the CPU dev machines
-
-    kern = aot_compile(sm, D, Dv, kernels=["scan_plugin_fwd"])["scan_plugin_fwd"]
-    BN = kern.constexprs["BN"]  # BD (whole padded key dim) is baked into the PTX
-
-    @trtp.register(f"{PLUGIN_NAMESPACE}::{SCAN_PLUGIN}")
-    def _desc(w: trtp.TensorDesc, u: trtp.TensorDesc, h0: trtp.TensorDesc) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        return u.like(), h0.like()
-
-    @trtp.aot_impl(f"{PLUGIN_NAMESPACE}::{SCAN_PLUGIN}")
-    def _aot(w: trtp.TensorDesc, u: trtp.TensorDesc, h0: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc], tactic: int):
-        # grid = (cdiv(N, BN), B*H). QDP passes (inputs, extra scalars, outputs): the plugin kernel's order
-        # (w, u, h0, T, D, N, hist, ht). Triton >= 3.3 appends two scratch pointers to every kernel; this
-        # kernel uses no global scratch (metadata.global_scratch_size == 0) so they are never read.
-        B, H, T, Dk, N = (u.shape_expr[i] for i in range(5))
-        launch = trtp.KernelLaunchParams()
-        launch.grid_x = trtp.cdiv(N, BN)
-        launch.grid_y = B * H
-        launch.block_x = kern.num_warps * 32
-        launch.shared_mem = kern.shared
-        extra = trtp.SymIntExprs(3)
-        extra[0], extra[1], extra[2] = trtp.SymInt32(T), trtp.SymInt32(Dk), trtp.SymInt32(N)
-        return kern.name.encode(), kern.ptx.encode(), launch, extra
-
-    return _desc, _aot
 
 
 def main(argv=None) -> int:

@@ -440,7 +440,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sanawm-export", description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="stage-1 checkpoint (official .pth/.safetensors or diffusers "
-                     "folder), or 'tiny' for the built-in random tiny model (= --random --config tiny)")
+                     "folder), or 'tiny' for the built-in random tiny model (= --random --config tiny), or 'world' for the "
+                     "shipped trained toy world model (= its generator and --vae, --config world)")
     src.add_argument("--random", action="store_true", help="seeded random weights (tests, smoke runs)")
     ap.add_argument("--seed", type=int, default=0, help="seed for --random weights")
     ap.add_argument("--config", default="tiny", help="generator config: tiny | full")
@@ -481,6 +482,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         if a.config != "tiny":
             ap.error(f"--checkpoint tiny is the built-in random tiny model; it conflicts with --config {a.config}")
         a.checkpoint, a.random = None, True
+    if a.checkpoint is not None and str(a.checkpoint) == "world" and not a.checkpoint.exists():
+        from ..worlds.models import shipped_paths  # the trained toy world model in sanawm/assets/tiny_world
+
+        if a.config not in ("tiny", "world"):
+            ap.error(f"--checkpoint world is the shipped toy world model (--config world); it conflicts with --config {a.config}")
+        try:
+            a.checkpoint, shipped_vae = shipped_paths()
+        except ValueError as e:
+            ap.error(str(e))
+        a.config, a.vae = "world", a.vae or shipped_vae
     a.precision = a.precision or "fp32"
     a.backends = [normalize_backend(b) for b in a.backends.split(",") if b.strip()]
     for b in a.backends:

@@ -331,6 +331,15 @@ def cmd_demo(args) -> int:
 
     from .runtime import Runtime
 
+    if not args.random:  # the trained toy world model and its ray-traced ground truth (sanawm.worlds.demo)
+        from .worlds.demo import run_demo
+
+        def world_prompt(runtime, manifest):
+            with tempfile.TemporaryDirectory(prefix="sanawm-prompt-") as tmp:
+                args.tiny_encoder, args.stage1_encoder, args.encoder_device = True, None, "cpu"
+                return prompt_inputs(runtime, args, manifest, _encode_for_generate(args, manifest, Path(tmp), "demo"))
+
+        return run_demo(args, world_prompt)
     bundle = Path(args.bundle_dir)
     if not _demo_bundle_ready(bundle):
         print(f"building the tiny random bundle (generator + VAE, ONNX Runtime, FP32) in {bundle} (once; needs the "
@@ -411,13 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "for their weights, bytes ('2G') or a fraction ('50%%'); the rest streams from host memory")
     g.set_defaults(func=cmd_generate)
 
-    d = sub.add_parser("demo", help="build (once) a tiny random bundle (generator + VAE) and render a short clip on CPU")
+    d = sub.add_parser("demo", help="build (once) the trained toy world bundle and render a held-out scene on CPU")
     d.add_argument("--out", default="demo.mp4")
     d.add_argument("--bundle-dir", default="sanawm-demo-bundle")
     d.add_argument("--seconds", type=float, default=3.0)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--prompt", default=DEMO_PROMPT, help="encoded by the tiny random Gemma-2 on CPU (cached)")
     d.add_argument("--cache-dir", help="prompt cache (default: $SANAWM_CACHE/prompts or ~/.cache/sanawm/prompts)")
+    d.add_argument("--compare", action="store_true", help="write generated | ray-traced ground truth side by side")
+    d.add_argument("--scene", type=int, default=0, help="held-out scene index (sanawm.worlds.EVAL_SEEDS)")
+    d.add_argument("--action", help='camera path in the action language, e.g. "w-24,d-48,w-24"')
+    d.add_argument("--random", action="store_true", help="the tiny random-weight bundle instead of the trained world model")
     d.set_defaults(func=cmd_demo)
 
     sub.add_parser("encode-prompt", help="encode a prompt into a file the runtime reads (build side; see its -h)")

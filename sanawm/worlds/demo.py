@@ -21,7 +21,7 @@ from .scene import EVAL_SEEDS
 
 DEMO_ENGINES = ("generator_first", "generator_next", "vae_encoder", "vae_decoder_first", "vae_decoder_next")
 DEMO_ACTION = "w-24,d-48,w-24"  # forward, turn right, forward: the world visibly follows the camera
-DEMO_PROMPT = "a room"  # <= 6 bytes: the tiny text encoder keeps 8 tokens
+DEMO_PROMPT = "a road"  # = sanawm.cli.DEMO_PROMPT (<= 6 bytes: the tiny text encoder keeps 8 tokens)
 WORLD_CHECKPOINT = "world"  # sanawm-export spelling of the shipped weights
 
 
@@ -37,11 +37,14 @@ def bundle_ready(bundle: Path, checkpoint: str = WORLD_CHECKPOINT) -> bool:
 
 
 def build_bundle(bundle: Path, checkpoint: str = WORLD_CHECKPOINT, precision: str = "fp32",
-                 backends: str = "onnxruntime", quiet: bool = False) -> None:
-    """``sanawm-export --checkpoint world --config world`` in a subprocess (keeps this process torch-free)."""
+                 backends: str = "onnxruntime", quiet: bool = False, vae: str | None = None) -> None:
+    """``sanawm-export --checkpoint world --config world`` in a subprocess (keeps this process torch-free);
+    another ``checkpoint`` (generator safetensors) needs its ``vae`` folder."""
     code = "import sys; from sanawm.export.cli import main; sys.exit(main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", code, "--checkpoint", str(checkpoint), "--config", "world", "--out", str(bundle),
            "--backends", backends, "--precision", precision, "--engines", ",".join(DEMO_ENGINES)]
+    if vae is not None:
+        cmd += ["--vae", str(vae)]
     r = subprocess.run(cmd, capture_output=quiet, text=True)
     if r.returncode != 0:
         tail = (r.stderr or "")[-2000:] if quiet else ""
@@ -59,8 +62,8 @@ def generate(runtime, prompt, seed: int, action: str, num_frames: int, noise_see
 
 
 def run_demo(args, prompt_fn) -> int:
-    """The ``sanawm demo`` command. ``prompt_fn(runtime)`` returns the prompt embeddings (the CLI's own
-    tiny-encoder path, so this module does not depend on the CLI's internals)."""
+    """The ``sanawm demo`` command. ``prompt_fn(runtime, manifest)`` returns the prompt embeddings (the CLI's
+    own tiny-encoder path, so this module does not depend on the CLI's internals)."""
     from ..cli import target_num_frames
     from ..runtime import Runtime
     from ..runtime.video import ProgressiveMP4Writer
@@ -73,7 +76,7 @@ def run_demo(args, prompt_fn) -> int:
         build_bundle(bundle)
         print(f"demo: bundle built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     runtime = Runtime.load(bundle, "onnxruntime")
-    prompt = prompt_fn(runtime)
+    prompt = prompt_fn(runtime, json.loads((bundle / "manifest.json").read_text()))
     F = target_num_frames(args.seconds)
     seed = EVAL_SEEDS[int(getattr(args, "scene", 0) or 0)]
     action = getattr(args, "action", None) or DEMO_ACTION
@@ -89,3 +92,14 @@ def run_demo(args, prompt_fn) -> int:
     print(f"demo: held-out scene {seed}, path {action!r}: {len(gen)} frames ({what}) in "
           f"{time.perf_counter() - t0:.1f} s -> {args.out}", file=sys.stderr)
     return 0
+
+
+def strip_png(gen: np.ndarray, truth: np.ndarray, path, every: int = 8, scale: int = 2) -> None:
+    """A PNG strip of every ``every``-th frame: generated above, ground truth below (README figure)."""
+    from PIL import Image
+
+    idx = list(range(every - 1, len(gen), every))
+    top = np.concatenate([gen[i] for i in idx], axis=1)
+    bottom = np.concatenate([truth[i] for i in idx], axis=1)
+    img = np.concatenate([top, np.full((2, top.shape[1], 3), 255, np.uint8), bottom], axis=0)
+    Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(path)

@@ -67,9 +67,9 @@ def _load(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
-def _bar(stage: str, step: int, total: int, loss: float, t0: float) -> None:
+def _bar(stage: str, step: int, total: int, loss: float, t0: float, start: int = 0) -> None:
     done = int(30 * step / total)
-    rate = (time.perf_counter() - t0) / max(1, step)
+    rate = (time.perf_counter() - t0) / max(1, step - start)
     print(f"\r{stage} [{'#' * done}{'.' * (30 - done)}] {step}/{total} loss {loss:.4f} "
           f"{rate:.2f} s/step", end="", file=sys.stderr, flush=True)
 
@@ -112,7 +112,7 @@ def train_vae(work: Path, a) -> None:
         opt.step()
         acc.append(F.mse_loss(y.detach(), x).item())
         if (step + 1) % 10 == 0:
-            _bar("vae", step + 1, a.vae_steps, float(np.mean(acc[-10:])), t0)
+            _bar("vae", step + 1, a.vae_steps, float(np.mean(acc[-10:])), t0, start)
         if (step + 1) % CKPT_EVERY == 0 or step + 1 == a.vae_steps:
             _log(work, "vae", step + 1, float(np.mean(acc[-CKPT_EVERY:])), t0)
             _save(work / "vae_ckpt.pt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
@@ -250,7 +250,7 @@ def train_gen(work: Path, a) -> None:
         opt.step()
         acc.append(loss.item())
         if (step + 1) % 10 == 0:
-            _bar("gen", step + 1, a.gen_steps, float(np.mean(acc[-10:])), t0)
+            _bar("gen", step + 1, a.gen_steps, float(np.mean(acc[-10:])), t0, start)
         if (step + 1) % CKPT_EVERY == 0 or step + 1 == a.gen_steps:
             _log(work, "gen", step + 1, float(np.mean(acc[-CKPT_EVERY:])), t0)
             _save(work / "gen_ckpt.pt", {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})

@@ -81,17 +81,34 @@ def build_demo_bundle(bundle: Path) -> None:
         help="encoded by the tiny random Gemma-2 on CPU (cached)")
 @option("prompt", "--cache-dir", help="prompt cache (default: $SANAWM_CACHE/prompts or ~/.cache/sanawm/prompts)")
 @option("inputs", "--bundle-dir", default="sanawm-demo-bundle", show_default=True,
-        help="where the tiny bundle is built (reused when present)")
+        help="where the bundle is built (reused when present)")
+@option("camera", "--scene", type=int, default=0, show_default=True,
+        help="held-out scene index of the toy world (sanawm.worlds.EVAL_SEEDS)")
+@option("camera", "--action", default=None, help='camera path in the action language, e.g. "w-24,d-48,w-24"')
+@option("output", "--compare", is_flag=True, help="write generated | ray-traced ground truth side by side")
+@option("inputs", "--random", is_flag=True,
+        help="the tiny random-weight bundle and an orbit instead of the trained toy world model")
 @common_options
 def demo(**params) -> int:
-    """Build (once) the tiny random bundle and render a short orbit clip on CPU with ONNX Runtime. The weights
-    are random: the clip is structured noise; the demo proves the pipeline, not image quality."""
+    """Build (once) the bundle of the trained toy world model shipped in the package and render a held-out
+    scene along an action path on CPU with ONNX Runtime (``--compare``: next to its ray-traced ground truth).
+    ``--random``: the tiny random-weight bundle (structured noise; proves the pipeline, not image quality)."""
     from .. import camera as cam
     from ..runtime import Runtime
 
     t_start = time.perf_counter()
     o = SimpleNamespace(**params, tiny_encoder=True, stage1_encoder=None, encoder_device="cpu")
-    bundle = Path(o.bundle_dir)
+    if not o.random:
+        from ..worlds.demo import run_demo
+
+        def world_prompt(runtime, manifest):
+            with tempfile.TemporaryDirectory(prefix="sanawm-prompt-") as tmp:
+                return prompt_inputs(runtime, o, manifest, encode_for_run(o, manifest, Path(tmp), "demo"))
+
+        return run_demo(o, world_prompt)
+    if o.compare or o.action:
+        raise UserError("--compare and --action need the toy world model; drop --random")
+    bundle = Path(o.bundle_dir) if o.bundle_dir != "sanawm-demo-bundle" else Path("sanawm-demo-random-bundle")
     if not demo_bundle_ready(bundle):
         build_demo_bundle(bundle)
     manifest = read_manifest(bundle)

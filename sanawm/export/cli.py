@@ -49,7 +49,7 @@ ALL_ENGINES = GENERATOR_ENGINES + VAE_ENGINES + REFINER_ENGINES + ("toy",)
 PROG = "sanawm-export"
 PRECISIONS = ("fp32", "fp16", "fp8")
 KV_DTYPES = ("auto", "fp16", "fp32")
-CONFIGS = ("tiny", "full")
+CONFIGS = ("tiny", "full", "world")
 
 
 def normalize_backend(name: str) -> str:
@@ -93,6 +93,16 @@ def resolve(p: dict) -> SimpleNamespace:
         if a.config != "tiny":
             _bad(f"--checkpoint tiny is the built-in random tiny model; it conflicts with --config {a.config}")
         a.checkpoint, a.random = None, True
+    if a.checkpoint is not None and str(a.checkpoint) == "world" and not a.checkpoint.exists():
+        from ..worlds.models import shipped_paths  # the trained toy world model in sanawm/assets/tiny_world
+
+        if a.config not in ("tiny", "world"):
+            _bad(f"--checkpoint world is the shipped toy world model (--config world); it conflicts with --config {a.config}")
+        try:
+            a.checkpoint, shipped_vae = shipped_paths()
+        except ValueError as e:
+            _bad(str(e))
+        a.config, a.vae = "world", a.vae or shipped_vae
     a.precision = a.fp8 or a.precision or "fp32"
     if a.fp8 and p.get("precision") not in (None, "fp8"):
         _bad(f"--fp8 conflicts with --precision {p['precision']}; drop one of them")
@@ -147,7 +157,8 @@ def export_options(f):
     opts = [
         option("inputs", "--checkpoint", type=click.Path(path_type=Path), help="stage-1 checkpoint (official "
                ".pth/.safetensors or diffusers folder), or 'tiny' for the built-in random tiny model (= --random "
-               "--config tiny)"),
+               "--config tiny), or 'world' for the shipped trained toy world model (its generator and --vae, "
+               "--config world)"),
         option("inputs", "--random", is_flag=True, help="seeded random weights (tests, smoke runs)"),
         option("inputs", "--seed", type=int, default=0, show_default=True, help="seed for --random weights"),
         option("inputs", "--config", type=click.Choice(CONFIGS), default="tiny", show_default=True,

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    from sanawm.cli import target_num_frames
+    from sanawm.cli.inputs import target_num_frames
     from sanawm.runtime import Runtime
     from sanawm.worlds.demo import DEMO_PROMPT, build_bundle, bundle_ready
     from sanawm.worlds.models import shipped_paths

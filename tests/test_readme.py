@@ -86,7 +86,9 @@ def _all_flags() -> set[str]:
             flags.update(o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []) if o.startswith("--"))
     for p in cli.params:
         flags.update(o for o in p.opts if o.startswith("--"))
-    for make in ARGPARSE_COMMANDS.values():
+    from sanawm.worlds.train import build_parser as train_parser  # `python -m sanawm.worlds.train`
+
+    for make in list(ARGPARSE_COMMANDS.values()) + [train_parser]:
         for action in make()._actions:
             flags.update(o for o in action.option_strings if o.startswith("--"))
     return flags

@@ -56,7 +56,7 @@ def load_data(work: Path, clips: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts])[:clips] for k in ("frames", "camera", "plucker", "seeds", "actions")}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sanawm.worlds.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="working folder (data, checkpoints, loss.tsv)")
     ap.add_argument("--stages", default="data,vae,latents,gen,ship", help="comma-separated stages to run")
@@ -67,7 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gen-steps", type=int, default=6000)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--ship", type=Path, default=None, help="asset folder for the shipped weights")
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -183,20 +183,7 @@ def world() -> GeneratorConfig:
     """The trained toy world model shipped in ``sanawm/assets/tiny_world`` (``sanawm.worlds``): tiny's structure
     at 8x12 latents (64x96 frames through an 8x VAE), 16 latent channels, 4 blocks of width 64 (small enough
     to train on one CPU thread in under an hour)."""
-    return GeneratorConfig(
-        num_layers=4,
-        hidden_size=64,
-        num_heads=2,
-        head_dim=32,
-        in_channels=16,
-        caption_channels=32,
-        caption_length=8,
-        softmax_every_n=2,
-        mlp_ratio=2.0,
-        plucker_post_attn_blocks=4,
-        latent_height=8,
-        latent_width=12,
-    ).validate()
+    return dataclasses.replace(tiny(), latent_height=8, latent_width=12).validate()
 
 
 CONFIGS = {"full": full, "tiny": tiny, "world": world}

@@ -56,11 +56,7 @@ def resolve_dim(d: int | str, n: int) -> int:
 
 def resolve_io(io: StepIO, n: int) -> StepIO:
     """The concrete contract of ``io`` at ``n`` frames (every dim an int)."""
-
-    def fix(t: TensorSpec) -> TensorSpec:
-        return TensorSpec(t.name, t.dtype, tuple(resolve_dim(d, n) for d in t.shape), t.doc)
-
-    return StepIO(tuple(fix(t) for t in io.inputs), tuple(fix(t) for t in io.outputs), dict(io.state_map))
+    return io.concrete({FRAME_DIM: n})
 
 
 def trt_profiles(cfg: GeneratorConfig) -> list[dict[str, tuple[tuple[int, ...], ...]]]:

@@ -4,7 +4,7 @@ A ``Stage`` turns a ``Chunk`` into a ``Chunk`` and owns whatever state it carrie
 session can save and resume it. A stage whose engines are missing from the bundle is skipped: the refiner
 becomes a pass-through, and without a decoder a chunk has latents only (``frames`` is None).
 
-The refiner stage over ``refiner_sink`` / ``refiner_step`` / ``refiner_capture`` lives in
+The refiner stage over the one ``refiner`` engine lives in
 ``sanawm.runtime.refiner_stage`` (registered in ``REFINER_FACTORIES``). ``DecoderStage`` and
 ``FirstFrameEncoder`` follow the exported LTX-2 VAE contract (``sanawm.models.vae``).
 """
@@ -143,7 +143,7 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
             )
             stages.append(PassThroughRefiner())
         else:
-            stages.append(factory(executors, **(refiner_options or {})))
+            stages.append(factory(executors, memory=memory, **(refiner_options or {})))
     else:
         stages.append(PassThroughRefiner())
     from .decoder import DecoderStage  # decoder.py builds on this module's helpers: imported here, no cycle

@@ -38,7 +38,9 @@ class RefinerEngine(nn.Module):
         self.io = refiner_engine_io(core, layout, kv_dtype)
         self.kv_dtype = getattr(torch, kv_dtype)
 
-    def forward(self, latents, timestep, sigma, dt, kv_rotate, frame_pos, sink_pos, text, text_mask, kv_valid, *kv):
+    def forward(self, *args):
+        # one positional tuple: torch.export's dynamic_shapes then cover the K/V inputs (which have no dynamic dim)
+        latents, timestep, sigma, dt, kv_rotate, frame_pos, sink_pos, text, text_mask, kv_valid, *kv = args
         c = self.core
         if len(kv) != 4 * c.num_layers:
             raise ValueError(f"expected {4 * c.num_layers} per-layer K/V inputs (4 per layer), got {len(kv)}; "

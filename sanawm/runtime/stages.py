@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..constants import REFINER_ENGINES, VAE_DECODER, VAE_DECODER_FIRST, VAE_DECODER_NEXT
+from ..constants import REFINER_ENGINES, REFINER_RETIRED, VAE_DECODER, VAE_DECODER_FIRST, VAE_DECODER_NEXT
 from ..constants import VAE_DECODER_ENGINES as DECODER_ENGINES
 from .chunk import Chunk, state_pairs
 
@@ -131,6 +131,11 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
     ``refiner_options`` go to the refiner factory (``layout``: the manifest's ``refiner`` section, ``seed``).
     """
     stages: list[Stage] = []
+    retired = [n for n in REFINER_RETIRED if n in executors]
+    if refiner and retired:
+        raise ValueError(f"the refiner comes as three engines {retired} (an older bundle, each with the full weights); "
+                         f"this sanawm runs it as one engine: rebuild it with `sanawm-export ... --engines "
+                         f"{','.join(REFINER_ENGINES)}`, or pass --no-refiner")
     have_refiner = [n for n in REFINER_ENGINES if n in executors]
     if refiner and have_refiner:
         factory = REFINER_FACTORIES.get(frozenset(have_refiner))

@@ -11,7 +11,9 @@ One graph, one weight set, two optimization profiles on a symbolic latent-frame 
   in ``k_new`` / ``v_new``, which the pool copies into the history ring where it lives.
 
 Inputs (batch 1, float32 unless stated; the K/V tensors in ``kv_dtype``, an export choice):
-    latents [1,C,n,H,W]; timestep [1] (sigma x timestep_scale_multiplier); sigma [1]; dt [1] (sigma_next - sigma);
+    latents [1,C,n,H,W]; noise [1,C,n,H,W] and mix [1] (the first denoising call starts from
+    (1 - mix) latents + mix noise, so the clean stage-1 block is copied in where it lives and only the noise
+    crosses; mix = 0 otherwise); timestep [1] (sigma x timestep_scale_multiplier); sigma [1]; dt [1] (sigma_next - sigma);
     kv_rotate [1] (1 = post-RoPE K out, 0 = pre-RoPE); frame_pos [n] int64; sink_pos [sink] int64
     (block_start - history_frames - sink + arange(sink)); text [1,L,Ct]; text_mask [1,L];
     kv_valid [sink*S + Hm] (1 = real prefix key: the sink tokens, then the history ring's tokens);
@@ -32,7 +34,6 @@ from .spec import StepIO, TensorSpec
 FRAME_DIM = "n"
 SINK, BLOCK = "sink", "block"  # the engine's optimization profiles
 EULER_OUTPUT = "latents.out"
-PER_CALL = ("timestep", "sigma", "dt", "kv_rotate", "frame_pos", "sink_pos", "kv_valid")
 KV_IN = ("sink_k", "sink_v", "hist_k", "hist_v")
 
 
@@ -64,6 +65,8 @@ def refiner_engine_io(dims, layout: RefinerLayout, kv_dtype: str = "float32") ->
     n, f32, i64, kv = FRAME_DIM, "float32", "int64", kv_dtype
     ins = [
         TensorSpec("latents", f32, (1, C, n, H, W), "the call's latents (sink frames, or the block)"),
+        TensorSpec("noise", f32, (1, C, n, H, W), "the block's noise eps (read when mix > 0)"),
+        TensorSpec("mix", f32, (1,), "first step: sigma_0, latents := (1 - mix) latents + mix noise; else 0"),
         TensorSpec("timestep", f32, (1,), "sigma x timestep_scale_multiplier"),
         TensorSpec("sigma", f32, (1,), "this step's sigma (0: sink and commit passes)"),
         TensorSpec("dt", f32, (1,), "sigma_next - sigma (0: sink and commit passes)"),

@@ -13,7 +13,9 @@ allocation, made at chunk 0). Contract: ``sanawm.spec_refiner.refiner_engine_io`
   summation order); ``kv_valid`` (uploaded per block: sink*S + Hm floats) masks empty slots. The engine never
   reads and writes the same slot in one call: ``k_new`` / ``v_new`` are scratch outputs.
 * **latents**: two buffers; a denoising call reads one and writes ``latents.out`` into the other (swap, no copy).
-* **per-call inputs**: timestep, sigma, dt, kv_rotate ([1] each), frame / sink positions; the prompt is
+  The block's clean stage-1 frames are copied in from the generator's pool (per channel when they are a part
+  of the chunk), the block's noise is uploaded into ``noise`` and mixed in by the first call (``mix``).
+* **per-call inputs**: mix, timestep, sigma, dt, kv_rotate ([1] each), frame / sink positions; the prompt is
   uploaded once per session.
 
 Tensors whose size depends on the call's frame count are allocated at the ``block`` profile and bound as views
@@ -72,9 +74,16 @@ class RefinerStatePool:
     def current(self, profile: str = BLOCK) -> Buffer:
         return self._view(self.latents[self.cur], "latents", profile)
 
-    def upload_latents(self, x: np.ndarray, profile: str) -> None:
+    def load_latents(self, profile: str, f0: int, frames: int, src: Buffer | None = None,
+                     host: np.ndarray | None = None) -> None:
+        """Frames ``[f0, f0 + frames)`` of the chunk's stage-1 latents into the first latents buffer: copied inside
+        the memory from ``src`` (where the generator left them), else uploaded from ``host``."""
         self.cur = 0
-        self.memory.upload(self.current(profile), x)
+        dst = self.current(profile)
+        if src is not None:
+            self.copy_frames(dst, 0, src, f0, frames)
+        else:
+            self.memory.upload(dst, np.ascontiguousarray(host[:, :, f0:f0 + frames], dtype=np.float32))
 
     def upload_call(self, profile: str, **values: np.ndarray) -> None:
         for name, value in values.items():
@@ -144,6 +153,9 @@ class RefinerStatePool:
     def copy_frames(self, dst: Buffer, d0: int, src: Buffer, s0: int, frames: int) -> None:
         """src[:, :, s0:s0+frames] -> dst[:, :, d0:d0+frames] (one contiguous run per channel)."""
         nd, ns, hw = dst.shape[2], src.shape[2], self.S
+        if nd == ns == frames:  # whole tensors: one copy
+            self.memory.copy(dst, src if src.shape == dst.shape else src.view(dst.name, dst.shape))
+            return
         item = dst.nbytes // (self.C * nd * hw)
         for ch in range(self.C):
             a = dst.view(f"{dst.name}[{ch}]", (frames, hw), (ch * nd + d0) * hw * item)

@@ -8,10 +8,11 @@ i.e. stage-1 chunk k without its condition frame for k = 0. Per stage-1 chunk:
   ``[raw frame 0 ; refined block 0]`` (what decoder chunk 0 decodes).
 * later chunks: all their frames, one block per ``block_size`` frames.
 
-Per block (profile ``block``): ``x = (1 - s0) z + s0 eps`` with ``eps`` [1, C, block, H, W] drawn from this stage's
-seeded numpy ``Generator(PCG64(seed))`` in block order (default seed 42 like the release's ``--refiner_seed``; NOT
-bit-identical to the release's torch CUDA RNG for the same seed: inject noise for parity, see ``noise=``), uploaded
-once; three denoising calls over the sigmas (0.909375, 0.725, 0.421875, 0) with the Euler step in the engine
+Per block (profile ``block``): the clean block ``z`` is copied into the pool from where the generator left it,
+``eps`` [1, C, block, H, W] drawn from this stage's seeded numpy ``Generator(PCG64(seed))`` in block order
+(default seed 42 like the release's ``--refiner_seed``; NOT bit-identical to the release's torch CUDA RNG for the
+same seed: inject noise for parity, see ``noise=``) is uploaded, and the first call starts from
+``(1 - s0) z + s0 eps``; three denoising calls over the sigmas (0.909375, 0.725, 0.421875, 0) with the Euler step in the engine
 (only timestep / sigma / dt cross per call); then a sigma-0 commit call whose post-RoPE K/V the pool copies into
 the history ring (``sanawm.runtime.refiner_pool``). The sink is re-rotated at ``block_start - history_frames -
 sink`` as ``sanawm.models.refiner.refine_stream`` (the torch oracle) does. The refined block stays in the pool:
@@ -220,36 +221,35 @@ class RefinerStage:
             return eps
         return self.rng.standard_normal(shape, dtype=np.float32)
 
-    def _call(self, profile: str, sigma: float, dt: float, rotate: bool) -> None:
+    def _call(self, profile: str, sigma: float, dt: float, rotate: bool, mix: float = 0.0) -> None:
         one = lambda v: np.array([v], np.float32)  # noqa: E731
         # timestep: sigma x multiplier in double, then float32 (the oracle's torch.full)
-        self.pool.upload_call(profile, timestep=one(sigma * self.mult), sigma=one(sigma), dt=one(dt),
+        self.pool.upload_call(profile, mix=one(mix), timestep=one(sigma * self.mult), sigma=one(sigma), dt=one(dt),
                               kv_rotate=one(1.0 if rotate else 0.0))
         self.engine.run_bound(self.pool.bindings(profile), profile)
 
-    def _capture_sink(self, raw: np.ndarray) -> None:
+    def _capture_sink(self, src, host) -> None:
         sk = self.sink_frames
         p = self.pool
-        p.upload_latents(np.ascontiguousarray(raw, np.float32), SINK)
+        p.load_latents(SINK, 0, sk, src, host)
         p.upload_call(SINK, frame_pos=np.arange(sk, dtype=np.int64), sink_pos=np.arange(sk, dtype=np.int64),
                       kv_valid=p.kv_valid())  # sink not captured yet: every prefix key masked
         self._call(SINK, 0.0, 0.0, rotate=False)
         p.commit_sink()
 
-    def refine_block(self, clean: np.ndarray):
-        """Refine the next block ``clean`` [1, C, block, H, W]; commit its K/V to the history ring. Returns the
-        pool buffer holding the refined block (valid until the next block)."""
+    def refine_block(self, f0: int, src=None, host: np.ndarray | None = None):
+        """Refine the next block: frames ``[f0, f0 + block)`` of the chunk's stage-1 latents (the pool buffer
+        ``src`` where the generator left them, else the host array ``host``); commit its K/V to the history ring.
+        Returns the pool buffer holding the refined block (valid until the next block)."""
         start = self.next_frame
         n, sk, p = self.block, self.sink_frames, self.pool
         off = start - self.hist_frames - sk
         sig = self.sigmas
-        s0 = float(sig[0])
-        eps = self._draw_noise(self.blocks_done)
-        p.upload_latents(((1.0 - s0) * clean.astype(np.float32) + s0 * eps).astype(np.float32), BLOCK)
-        p.upload_call(BLOCK, frame_pos=np.arange(start, start + n, dtype=np.int64),
+        p.load_latents(BLOCK, f0, n, src, host)
+        p.upload_call(BLOCK, noise=self._draw_noise(self.blocks_done), frame_pos=np.arange(start, start + n, dtype=np.int64),
                       sink_pos=np.arange(off, off + sk, dtype=np.int64), kv_valid=p.kv_valid())
-        for i in range(len(sig) - 1):
-            self._call(BLOCK, float(sig[i]), float(sig[i + 1] - sig[i]), rotate=True)
+        for i in range(len(sig) - 1):  # the first call mixes the noise in: (1 - s0) z + s0 eps
+            self._call(BLOCK, float(sig[i]), float(sig[i + 1] - sig[i]), rotate=True, mix=float(sig[0]) if i == 0 else 0.0)
             p.swap()
         self._call(BLOCK, 0.0, 0.0, rotate=True)  # commit pass: the refined block's K/V (latents.out unused)
         p.commit_block(start)
@@ -258,42 +258,46 @@ class RefinerStage:
         return p.current(BLOCK)
 
     def process(self, chunk: Chunk) -> Chunk:
-        lat = np.ascontiguousarray(chunk.latents, dtype=np.float32)
-        if lat.ndim != 5 or lat.shape[0] != 1 or lat.shape[1] != self.C or lat.shape[3:] != (self.H, self.W):
+        src = chunk.latents_buffer
+        if src is not None and (src.memory.kind != self.memory.kind or src.dtype != "float32"):
+            src = None  # not where this engine runs: through the host
+        host = None if src is not None else np.ascontiguousarray(chunk.latents, dtype=np.float32)
+        shape = tuple(src.shape) if src is not None else host.shape
+        if len(shape) != 5 or shape[0] != 1 or shape[1] != self.C or shape[3:] != (self.H, self.W):
             raise ValueError(
-                f"chunk {chunk.index} latents are {list(lat.shape)}; the refiner engine takes [1, {self.C}, n, {self.H}, "
+                f"chunk {chunk.index} latents are {list(shape)}; the refiner engine takes [1, {self.C}, n, {self.H}, "
                 f"{self.W}]: it was built for another generator config, rebuild it with the generator's --config"
             )
         if self.text is None:
             self.set_text(None)
         sk, n, p = self.sink_frames, self.block, self.pool
+        whole = shape[2]
         if chunk.start == 0:
             if p.sink_ready:
                 raise ValueError("refiner got clip frame 0 twice; start a new session for a new clip")
-            if lat.shape[2] <= sk:
-                raise ValueError(f"chunk 0 has {lat.shape[2]} latent frames; the refiner needs more than the {sk} sink frame(s)")
-            self._capture_sink(lat[:, :, :sk])
-            body, start = lat[:, :, sk:], sk
+            if whole <= sk:
+                raise ValueError(f"chunk 0 has {whole} latent frames; the refiner needs more than the {sk} sink frame(s)")
+            head, start = sk, sk
         else:
-            body, start = lat, chunk.start
-        if start != self.next_frame:
+            head, start = 0, chunk.start
+        if head == 0 and start != self.next_frame:
             raise ValueError(
                 f"refiner expected the chunk starting at latent frame {self.next_frame}, got chunk {chunk.index} at "
                 f"frame {chunk.start}; chunks are refined in order from chunk 0 (to continue mid-clip, resume a saved session)"
             )
-        if body.shape[2] % n:
+        if (whole - head) % n:
             raise ValueError(
-                f"chunk {chunk.index} has {body.shape[2]} latent frames to refine, not whole blocks of {n}; "
+                f"chunk {chunk.index} has {whole - head} latent frames to refine, not whole blocks of {n}; "
                 "the refiner blocks must align with stage-1 chunks (chunk_size = block_size = 3)"
             )
-        blocks = body.shape[2] // n
-        whole = lat.shape[2]
-        out = None if (blocks == 1 and start != sk) else p.output(whole)
-        if out is not None and start == sk:
+        blocks = (whole - head) // n
+        out = None if (blocks == 1 and not head) else p.output(whole)
+        if head:
+            self._capture_sink(src, host)
             p.copy_frames(out, 0, p.current(SINK), 0, sk)  # the raw sink frame(s), still in the latents buffer
         for j in range(blocks):
-            refined = self.refine_block(body[:, :, j * n:(j + 1) * n])
+            refined = self.refine_block(head + j * n, src, host)
             if out is not None:
-                p.copy_frames(out, whole - body.shape[2] + j * n, refined, 0, n)
+                p.copy_frames(out, head + j * n, refined, 0, n)
         chunk._refined, chunk.refined_buffer = None, (out if out is not None else refined)
         return chunk

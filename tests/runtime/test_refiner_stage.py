@@ -61,7 +61,8 @@ class FakeRefiner(Executor):
         hist = float((f["l0.hist_k"][0, 0, :, 0] * f["kv_valid"][sk:]).sum())
         extra = 0.01 * hist + 0.1 * float(f["l0.sink_k"].mean()) + 0.05 * float(f["l0.sink_v"].mean())
         extra += 1e-4 * float(f["timestep"][0]) + 0.01 * float(f["sink_pos"][0])
-        x = f["latents"]
+        m = f["mix"][0]
+        x = ((np.float32(1) - m) * f["latents"] + m * f["noise"]).astype(np.float32)
         vel = (0.5 * x + np.float32(extra)).astype(np.float32)
         s, dt = f["sigma"][0], f["dt"][0]
         x0 = x - vel * s
@@ -119,15 +120,17 @@ def test_blocks_align_with_chunks_sink_once_and_noise_in_block_order():
     assert [c["dt"][0] for c in steps[:3]] == [np.float32(SIGMAS[i + 1]) - np.float32(SIGMAS[i]) for i in range(3)]
     assert [c["frame_pos"].tolist() for c in caps] == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
     assert all(c["kv_rotate"][0] == 1 for c in steps + caps)
-    # the first step of block k starts from (1 - s0) z + s0 eps_k, eps_k the k-th draw of PCG64(42)
+    # the first step of block k gets the clean block z_k, eps_k (the k-th draw of PCG64(42)) and mix = s0, so it
+    # starts from (1 - s0) z + s0 eps; the later calls mix nothing in
     rng = np.random.Generator(np.random.PCG64(42))
+    s0 = np.float32(SIGMAS[0])  # the float32 sigma, as the torch oracle's scheduler holds it
     for k in range(4):
         eps = rng.standard_normal((1, C, 3, H, W), dtype=np.float32)
-        clean = z[:, :, 1 + 3 * k: 4 + 3 * k]
-        s0 = float(np.float32(SIGMAS[0]))  # the float32 sigma, as the torch oracle's scheduler holds it
-        want = ((1.0 - s0) * clean + s0 * eps).astype(np.float32)
-        np.testing.assert_array_equal(steps[3 * k]["latents"], want)
+        np.testing.assert_array_equal(steps[3 * k]["latents"], z[:, :, 1 + 3 * k: 4 + 3 * k])
+        np.testing.assert_array_equal(steps[3 * k]["noise"], eps)
+        assert steps[3 * k]["mix"][0] == s0 and all(c["mix"][0] == 0 for c in steps[3 * k + 1: 3 * k + 3])
         np.testing.assert_array_equal(caps[k]["latents"], out[k][:, :, -3:])  # the commit sees the refined block
+        assert caps[k]["mix"][0] == 0
 
 
 def test_history_ring_holds_the_last_frames_and_masks_the_rest():

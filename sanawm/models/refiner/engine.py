@@ -6,6 +6,7 @@ maths is the step modules' (``RefinerSinkCapture``, ``RefinerStep``) and the Eul
 
 * the sink pass is a block pass whose every prefix key is masked (the additive bias underflows to an exact 0
   weight), at sigma 0, storing pre-RoPE K;
+* the first denoising pass starts from (1 - mix) latents + mix noise (the oracle's noisy block);
 * a denoising pass returns ``latents.out`` = x + dt * (x - x0) / sigma with x0 = x - v * sigma, the oracle's
   float32 operations in its order;
 * the commit pass (sigma 0) returns each layer's post-RoPE K and V of the refined block.
@@ -40,8 +41,11 @@ class RefinerEngine(nn.Module):
 
     def forward(self, *args):
         # one positional tuple: torch.export's dynamic_shapes then cover the K/V inputs (which have no dynamic dim)
-        latents, timestep, sigma, dt, kv_rotate, frame_pos, sink_pos, text, text_mask, kv_valid, *kv = args
+        latents, noise, mix, timestep, sigma, dt, kv_rotate, frame_pos, sink_pos, text, text_mask, kv_valid, *kv = args
         c = self.core
+        # 0. the block's noisy start (refine_stream: (1 - s0) z + s0 eps); mix = 0 leaves latents exactly as they are
+        m = mix.reshape(1, 1, 1, 1, 1)
+        latents = (1.0 - m) * latents.float() + m * noise.float()
         if len(kv) != 4 * c.num_layers:
             raise ValueError(f"expected {4 * c.num_layers} per-layer K/V inputs (4 per layer), got {len(kv)}; "
                              "build the inputs in refiner_engine_io(...) order")

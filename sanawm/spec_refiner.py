@@ -29,11 +29,10 @@ There is no ``state_map``: the carried state (sink, history ring, its mask) live
 from __future__ import annotations
 
 from .refiner_layout import RefinerLayout
-from .spec import StepIO, TensorSpec
+from .spec import EULER_OUTPUT, StepIO, TensorSpec
 
 FRAME_DIM = "n"
 SINK, BLOCK = "sink", "block"  # the engine's optimization profiles
-EULER_OUTPUT = "latents.out"
 KV_IN = ("sink_k", "sink_v", "hist_k", "hist_v")
 
 

@@ -255,3 +255,19 @@ def test_runtime_load_uses_the_refiner_unless_disabled(tmp_path, bundle_dir):
     for a, p in zip(on, plain):
         np.testing.assert_array_equal(a.latents, p.latents)
         assert p.refined is p.latents and rel_error(a.latents, a.refined) > 1e-3
+
+
+def test_tensorrt_rtx_builds_the_one_refiner_engine_with_both_profiles(tmp_path, bundle_dir):
+    """A real TensorRT-RTX AOT build (CPU, no GPU needed) accepts the graph with its symbolic frame axis at both
+    profiles (sink n = 1, block n = 3); the manifest records the plan and the profiles."""
+    import shutil
+
+    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed")
+    out = tmp_path / "b"
+    shutil.copytree(bundle_dir, out)  # ONNX stage up to date: only the plan is built
+    assert main(["--random", "--config", "tiny", "--seed", str(SEED), "--out", str(out), "--backends",
+                 "onnxruntime,tensorrt_rtx", "--rtx-targets", "sm_89", "--engines", "refiner"]) == 0
+    m = json.loads((out / "manifest.json").read_text())["engines"]["refiner"]
+    assert m["files"]["tensorrt_rtx"]["build"]["version"] == trt.__version__
+    assert (out / m["files"]["tensorrt_rtx"]["path"]).stat().st_size > 0
+    assert [p["name"] for p in m["profiles"]] == ["sink", "block"]

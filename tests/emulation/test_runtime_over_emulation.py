@@ -12,7 +12,7 @@ import pytest
 from sanawm.bundle import file_record, write_manifest
 from sanawm.emulation import install
 
-pytestmark = pytest.mark.slow  # one tiny bundle export (~1-3 min on 2 cores)
+pytestmark = pytest.mark.slow  # one tiny bundle export (~1-3 min on 2 cores), run with and without the refiner
 
 CHUNKS = 4
 
@@ -40,10 +40,11 @@ def add_emulated_plans(root: Path, emu, backend: str) -> None:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
+    """Random tiny generator, VAE and the one refiner engine (the first test runs it with refiner=False)."""
     from sanawm.export.cli import main
 
     root = tmp_path_factory.mktemp("emu") / "bundle"
-    assert main(["--checkpoint", "tiny", "--backend", "onnx", "--no-refiner", "--out", str(root)]) == 0
+    assert main(["--checkpoint", "tiny", "--backend", "onnx", "--out", str(root)]) == 0
     return root
 
 
@@ -62,16 +63,6 @@ def inputs(rt):
     return img, PromptEmbeddings.zeros(rt.cfg), cam, F
 
 
-@pytest.fixture(scope="module")
-def refiner_bundle(tmp_path_factory):
-    """Random tiny generator, VAE and the one refiner engine."""
-    from sanawm.export.cli import main
-
-    root = tmp_path_factory.mktemp("emu_refiner") / "bundle"
-    assert main(["--random", "--config", "tiny", "--backend", "onnx", "--out", str(root)]) == 0
-    return root
-
-
 def run(rt, keep_latents=False):
     img, prompt, cam, F = inputs(rt)
     s = rt.start(img, prompt, cam, seed=3, num_frames=F, keep_latents=keep_latents)
@@ -83,10 +74,10 @@ def test_device_resident_clip_equals_onnxruntime_and_moves_only_small_tensors(bu
 
 
 @pytest.mark.filterwarnings("ignore:the prompt embeddings have no refiner text")
-def test_device_resident_clip_with_the_refiner(refiner_bundle):
+def test_device_resident_clip_with_the_refiner(bundle):
     """The same four checks with the refiner engine in the loop: its sink, history ring and block latents stay
     in the device pool; per chunk only the block's noisy latents and [1]-sized call inputs cross."""
-    check_emulated_clip(refiner_bundle, refiner=True)
+    check_emulated_clip(bundle, refiner=True)
 
 
 def check_emulated_clip(bundle, refiner: bool):

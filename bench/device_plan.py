@@ -51,7 +51,7 @@ def with_kv_dtype(io, kv_dtype: str):
     return StepIO(conv(io.inputs), conv(io.outputs), dict(io.state_map))
 
 
-def model_facts(config: str):
+def model_facts(config: str, kv_dtype: str = "fp16"):
     """(cfg, vae config, refiner layout, facts dict, refiner core) for ``config`` ("full" or "tiny")."""
     from device_plan_models import generator_facts, refiner_facts, vae_decoder_facts
 
@@ -64,7 +64,7 @@ def model_facts(config: str):
     vae_cfg = full_vae_config() if config == "full" else tiny_vae_config(latent_channels=cfg.in_channels)
     caption = FULL_REFINER_CAPTION_LENGTH if config == "full" else TINY_REFINER_CAPTION_LENGTH
     layout = RefinerLayout(cfg.latent_height, cfg.latent_width, caption)
-    ref, core = refiner_facts(layout, config != "full", cfg.in_channels)
+    ref, core = refiner_facts(layout, config != "full", cfg.in_channels, KV_DTYPES[kv_dtype])
     facts = {"generator": generator_facts(cfg), "vae_decoder": vae_decoder_facts(vae_cfg, (cfg.latent_height, cfg.latent_width)),
              "refiner": ref}
     return cfg, vae_cfg, layout, facts, core
@@ -88,25 +88,29 @@ def engine_plans(cfg, vae_cfg, layout, facts, core, precision: str, kv: str, res
         # the VAE precision the exporter uses (FP32 today)
         "vae_decoder": EnginePlan("vae_decoder", dio, dprof, v.weight_bytes(VAE_PRECISION, 4),
                                   {p: _align(v.calls[p].peak_live) for p in dprof}),
-        # planned: the block profile runs the step graph (history by ring + copies, not shifted in the graph)
+        # the one refiner engine (sanawm.spec_refiner): history by ring + device copies, Euler and noise mix inside
         "refiner": EnginePlan("refiner", rio, rprof, r.weight_bytes(precision, rest_bytes),
-                              {"sink": _align(r.calls["sink"].peak_live_fused), "block": _align(r.calls["step"].peak_live_fused)}),
+                              {p: _align(r.calls[p].peak_live_fused) for p in rprof}),
     }
 
 
-def host_path_refiner(core, layout) -> dict:
-    """Per-chunk host traffic of TODAY's refiner runtime (``sanawm.runtime.refiner_stage``): every call uploads
-    all its inputs and downloads all its outputs (3 ``refiner_step`` + 1 ``refiner_capture`` per block;
-    ``refiner_sink`` once at chunk 0). FP32 state, from ``refiner_io``."""
+def host_path_refiner(core, layout, weight_bytes: int) -> dict:
+    """The refiner as it ran BEFORE the one-engine change (three engines ``refiner_sink`` / ``refiner_step`` /
+    ``refiner_capture``, each holding the full weights, on the host path): per block every call uploaded all its
+    inputs and downloaded all its outputs (3 steps + 1 capture; the sink pass once at chunk 0). FP32 state, from
+    the step modules' contract ``refiner_io``; the device I/O buffers it would need, double-buffering the
+    history (``capture`` reads and writes it)."""
     from sanawm.models.refiner import refiner_io
 
     size = lambda ts: sum(t.nbytes for t in ts)  # noqa: E731
     io = {k: refiner_io(core, layout, k) for k in ("sink", "step", "capture")}
     block = {"h2d": 3 * size(io["step"].inputs) + size(io["capture"].inputs),
              "d2h": 3 * size(io["step"].outputs) + size(io["capture"].outputs)}
-    return {"label": "current runtime (host path)", "per_block": block,
+    buffers = size(io["capture"].inputs) + size(io["capture"].outputs)  # step / sink buffers alias into these
+    return {"label": "three-engine refiner before issue 11 (host path)", "per_block": block,
             "chunk0_extra": {"h2d": size(io["sink"].inputs), "d2h": size(io["sink"].outputs)},
-            "history_fp32_bytes": sum(t.nbytes for t in io["capture"].outputs)}
+            "history_fp32_bytes": sum(t.nbytes for t in io["capture"].outputs),
+            "weight_bytes": 3 * weight_bytes, "io_buffer_bytes": buffers}
 
 
 NVFP4_BYTES = 0.5 + 1 / 16  # 4-bit weights + one FP8 scale per 16 (block-scaled NVFP4)
@@ -131,7 +135,7 @@ def what_if(run: dict, facts: dict, plans: dict) -> list[dict]:
         rest += (r.params - r.params_fp8) * 2
     steps.append(("parameters outside the FP8 layers (and the VAE) in BF16 instead of FP32", rest))
     if "refiner" in engines:
-        scratch = sum(t.nbytes for t in plans["refiner"].io.concrete({"n": 3}).outputs if t.name.endswith("_chunk"))
+        scratch = sum(t.nbytes for t in plans["refiner"].io.concrete({"n": 3}).outputs if t.name.endswith("_new"))
         steps.append(("refiner: K/V outputs bound straight into sink / history slot tensors (no scratch)", scratch))
         steps.append(("refiner FP8 layers as NVFP4 (4-bit, FP8 scale per 16)", int(r.params_fp8 * (1 - NVFP4_BYTES))))
     out, peak = [], run["device_peak_bytes"]
@@ -157,14 +161,14 @@ def build(config: str, precision: str, kv_dtype: str, chunks: int, rest_bytes: i
     from sanawm.models.refiner import STAGE_2_SIGMAS
 
     kv = KV_DTYPES[kv_dtype]
-    cfg, vae_cfg, layout, facts, core = model_facts(config)
+    cfg, vae_cfg, layout, facts, core = model_facts(config, kv_dtype)
     plans = engine_plans(cfg, vae_cfg, layout, facts, core, precision, kv, rest_bytes)
     runs = {v: run_pipeline(v, cfg, plans, chunks, layout, STAGE_2_SIGMAS) for v in VARIANTS}
     result = {
         "machine": machine(), "config": config, "precision": precision, "kv_dtype": kv_dtype, "rest_bytes": rest_bytes,
         "chunks_run": chunks, "facts": {k: f.to_dict() for k, f in facts.items()},
         "plans": {k: {"weight_bytes": p.weight_bytes, "workspace": p.workspace, "profiles": p.profiles} for k, p in plans.items()},
-        "runs": runs, "refiner_host_path": host_path_refiner(core, layout),
+        "runs": runs, "refiner_host_path": host_path_refiner(core, layout, plans["refiner"].weight_bytes),
     }
     result["roofline"] = roofline(cfg, facts, plans)
     result["what_if"] = {v: what_if(runs[v], facts, plans) for v in ("stage1+vae", "full")}

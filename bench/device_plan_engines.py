@@ -5,19 +5,17 @@
   chunks with the latent frame axis symbolic (profile ``first`` n = 4, ``next`` n = 3; chunk 0 binds the
   zeroed caches, which its profile ignores), every conv cache as chained state, and ``frames`` converted to
   uint8 [F, H, W, 3] in the graph (issue 11: decoded frames leave the decoder as uint8).
-* refiner (PLANNED contract, device-resident; today's runtime runs it on the host path): one engine for sink
-  capture, denoise steps and history capture, selected by the small ``mode`` input (profile ``sink`` n =
-  sink frames, ``block`` n = block size). Sink and history K/V live in the pool at the K/V dtype; history is
-  a ring of ``history_frames`` frame slots masked by ``hist_valid``; the engine returns this call's K/V as
-  scratch ``l{i}.k_chunk`` / ``l{i}.v_chunk`` that a device copy moves into the sink or a history slot, and
-  does the Euler step inside (``dt``; ``mix`` blends the uploaded noise on the first step).
+* refiner: the runtime's own contract (``sanawm.spec_refiner.refiner_engine_io``: one engine, profiles ``sink``
+  and ``block``), run by the runtime's own ``RefinerStage`` / ``RefinerStatePool`` (sink and history ring in the
+  pool at the K/V dtype, this call's K/V as scratch ``l{i}.k_new`` / ``l{i}.v_new`` copied into the sink or the
+  ring's frame slots on the device, the Euler step and the noise mix inside the engine).
 
 ``emulated_plan`` turns a contract into an emulated TensorRT plan with the given weight and workspace bytes.
 """
 
 from __future__ import annotations
 
-from sanawm.spec import EULER_INPUT, EULER_OUTPUT, StepIO, TensorSpec, _symbolic
+from sanawm.spec import StepIO, TensorSpec, _symbolic
 
 
 def merge_profiles(a: StepIO, b: StepIO, na: int, nb: int) -> StepIO:
@@ -40,33 +38,10 @@ def decoder_engine_io(vae_config: dict, latent_hw: tuple[int, int]) -> tuple[Ste
 
 
 def refiner_engine_io(dims, layout, kv_dtype: str) -> tuple[StepIO, dict]:
-    """``dims``: anything with ``num_layers, heads, head_dim, in_channels, caption_channels`` (RefinerCore)."""
-    L, h, D, C = dims.num_layers, dims.heads, dims.head_dim, dims.in_channels
-    H, W, S = layout.latent_height, layout.latent_width, layout.tokens_per_frame
-    sk, Hm = layout.sink_frames, layout.history_tokens
-    f32 = "float32"
-    ins = [
-        TensorSpec("latents", f32, (1, C, "n", H, W), "current latents (clean stage-1 latents before step 1)"),
-        TensorSpec("noise", f32, (1, C, "n", H, W), "refiner noise eps (blended in by mix)"),
-        TensorSpec("mix", f32, (1,), "sigma0 on the first step, else 0"),
-        TensorSpec("mode", f32, (1,), "0 sink capture, 1 denoise step, 2 history capture"),
-        TensorSpec("timestep", f32, (1,), "sigma x timestep_scale_multiplier"),
-        TensorSpec(EULER_INPUT, f32, (1,), "sigma_next - sigma (0 on captures)"),
-        TensorSpec("frame_pos", "int64", ("n",), "absolute latent frame indices"),
-        TensorSpec("sink_pos", "int64", (sk,), "sink re-rotation positions"),
-        TensorSpec("text", f32, (1, layout.caption_length, dims.caption_channels), "prompt features"),
-        TensorSpec("text_mask", f32, (1, layout.caption_length), "1 = token"),
-        TensorSpec("hist_valid", f32, (Hm,), "1 = history token held in the ring slot"),
-    ]
-    outs = [TensorSpec(EULER_OUTPUT, f32, (1, C, "n", H, W), "latents + dt * velocity")]
-    for i in range(L):
-        for nm in ("sink_k", "sink_v"):
-            ins.append(TensorSpec(f"l{i}.{nm}", kv_dtype, (1, h, sk * S, D), "sink K/V (pre-RoPE K)"))
-        for nm in ("hist_k", "hist_v"):
-            ins.append(TensorSpec(f"l{i}.{nm}", kv_dtype, (1, h, Hm, D), "history ring (post-RoPE K)"))
-        for nm in ("k_chunk", "v_chunk"):
-            outs.append(TensorSpec(f"l{i}.{nm}", kv_dtype, (1, h, f"n*{S}", D), "this call's K/V (scratch)"))
-    return StepIO(tuple(ins), tuple(outs), {}), {"sink": {"n": sk}, "block": {"n": layout.block_size}}
+    """The runtime's own one-engine refiner contract (``sanawm.spec_refiner``) and its profiles."""
+    from sanawm.spec_refiner import refiner_engine_io as contract, refiner_profiles
+
+    return contract(dims, layout, kv_dtype), refiner_profiles(layout)
 
 
 def emulated_plan(emu, name: str, io: StepIO, profiles: dict, weight_bytes: int, workspace: dict) -> bytes:

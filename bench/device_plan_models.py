@@ -181,20 +181,21 @@ def vae_decoder_facts(vae_config: dict, latent_hw: tuple[int, int]) -> ModelFact
 FULL_REFINER = dict(rope_type="split", gated_attn=True)
 
 
-def refiner_facts(layout, tiny: bool, in_channels: int):
-    """(ModelFacts, RefinerCore on meta) of the video-only refiner (the audio modules are never exported)."""
+def refiner_facts(layout, tiny: bool, in_channels: int, kv_dtype: str = "float32"):
+    """(ModelFacts, RefinerCore on meta) of the video-only refiner (the audio modules are never exported): the one
+    ``RefinerEngine`` graph at its two profiles (``sink``; ``block``, which every denoising and commit call runs)."""
     from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMLTX2RefinerTransformer3DModel
 
-    from sanawm.models.refiner import RefinerCore, RefinerSinkCapture, RefinerStep, refiner_io, tiny_refiner_config
+    from sanawm.models.refiner import RefinerCore, tiny_refiner_config
+    from sanawm.models.refiner.engine import RefinerEngine
+    from sanawm.spec_refiner import refiner_profiles
 
     kw = tiny_refiner_config(in_channels=in_channels, out_channels=in_channels) if tiny else FULL_REFINER
     with torch.device("meta"):
         core = RefinerCore(SanaWMLTX2RefinerTransformer3DModel(**kw))
     params, w, ch, names = _param_split(core)
     fp8 = ["core." + n for n in names]
-    calls = {
-        "sink": profile_call(RefinerSinkCapture(core), _meta_inputs(refiner_io(core, layout, "sink")), fp8),
-        "step": profile_call(RefinerStep(core), _meta_inputs(refiner_io(core, layout, "step")), fp8),
-        "capture": profile_call(RefinerStep(core, capture=True), _meta_inputs(refiner_io(core, layout, "capture")), fp8),
-    }
+    engine = RefinerEngine(core, layout, kv_dtype)
+    calls = {prof: profile_call(engine, _meta_inputs(engine.io.concrete(dims)), fp8)
+             for prof, dims in refiner_profiles(layout).items()}
     return ModelFacts("refiner", params, w, ch, calls), core

@@ -50,7 +50,8 @@ def render(r: dict) -> str:
     L = [f"SANA-WM device plan: config {r['config']}, precision {r['precision']} (non-FP8 params at {r['rest_bytes']} B), "
          f"K/V windows {r['kv_dtype']}; {r['machine']['method']}; {r['machine']['date']}",
          "activation workspace = ESTIMATE (live set of the eager forward on meta tensors, attention fused; one arena "
-         "shared by all engines); decoder and refiner schedules are PLANNED device-resident contracts", ""]
+         "shared by all engines); generator and refiner run the runtime's own schedules and pools, the decoder a "
+         "PLANNED device-resident contract", ""]
     for variant, run in r["runs"].items():
         L.append(f"== {variant}: engines {', '.join(run['engines'])}")
         L.append(f"  {'component':<12} {'weights':>11} {'state':>11} {'I/O bufs':>11} {'workspace':>11} "
@@ -71,6 +72,13 @@ def render(r: dict) -> str:
     hp = r["refiner_host_path"]
     L.append(f"refiner, {hp['label']}: per block h2d {_g(hp['per_block']['h2d'])}, d2h {_g(hp['per_block']['d2h'])} "
              f"(history K/V in FP32: {_g(hp['history_fp32_bytes'])}, uploaded on each of its 4 calls)")
+    full = r["runs"].get("full")
+    if full and "weight_bytes" in hp:
+        now = full["weight_bytes"]["refiner"] + sum(full["pool_by_kind"]["refiner"].values())
+        before = hp["weight_bytes"] + hp["io_buffer_bytes"]
+        L.append(f"refiner device memory, weights + pool: one engine {_g(now)} (weights {_g(full['weight_bytes']['refiner'])}) "
+                 f"vs three engines {_g(before)} (weights 3 x = {_g(hp['weight_bytes'])}, FP32 I/O buffers "
+                 f"{_g(hp['io_buffer_bytes'])}): {_g(before - now)} less")
     L.append("")
     L.append("targets:")
     for name, t in r["targets"].items():

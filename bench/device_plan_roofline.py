@@ -33,11 +33,10 @@ def _io_bytes(io) -> int:
 def _calls() -> dict:
     """(profile facts key, engine profile, calls) per component for chunk 0 and a later chunk."""
     gen_passes = 5  # 4 denoise + the t = 0 commit pass (StreamingSchedule)
-    steps = 3  # refiner sigmas (0.909375, 0.725, 0.421875) then the capture
+    steps = 3  # refiner sigmas (0.909375, 0.725, 0.421875), then the sigma-0 commit pass (same graph)
     return {
         "generator": {"first": [("first", "first", gen_passes)], "next": [("next", "next", gen_passes)]},
-        "refiner": {"first": [("sink", "sink", 1), ("step", "block", steps), ("capture", "block", 1)],
-                    "next": [("step", "block", steps), ("capture", "block", 1)]},
+        "refiner": {"first": [("sink", "sink", 1), ("block", "block", steps + 1)], "next": [("block", "block", steps + 1)]},
         "vae_decoder": {"first": [("first", "first", 1)], "next": [("next", "next", 1)]},
     }
 

@@ -4,8 +4,9 @@ counted no-ops). This is an emulation, not a GPU run.
 
 ``run_pipeline(variant, ...)`` loads every engine of the variant (``stage1``, ``stage1+vae``, ``full``) with
 ``TensorRTEngine.load`` / ``activate`` on one shared activation arena, builds the session pools, and runs
-chunks 0..N-1 with the runtime's own call schedule for stage 1 (``GeneratorRunner.run_chunk``) and the PLANNED
-device-resident schedules of ``device_plan_engines`` for the decoder and the refiner. Per chunk it records the
+chunks 0..N-1 with the runtime's own call schedules for stage 1 (``GeneratorRunner.run_chunk``) and the refiner
+(``RefinerStage``, its ``RefinerStatePool`` on the device) and the PLANNED device-resident decoder schedule of
+``device_plan_engines``. Per chunk it records the
 host-device bytes per component (``Memory.traffic``) and the device's own counters.
 """
 
@@ -66,101 +67,6 @@ class DecoderPool:
         return self.memory.download(self.frames)  # the only thing that leaves: uint8 frames
 
 
-class RefinerPool:
-    """Planned device-resident refiner session (``device_plan_engines.refiner_engine_io``)."""
-
-    def __init__(self, engine, memory, layout, sigmas, rng):
-        self.engine, self.memory, self.layout, self.sigmas, self.rng = engine, memory, layout, sigmas, rng
-        io = engine.contract("block")
-        alloc = memory.alloc_spec
-        self.lat = (alloc(io.input("latents"), "latents#0"), alloc(io.input("latents"), "latents#1"))
-        self.ins = {t.name: alloc(t) for t in io.inputs if t.name != "latents"}
-        self.outs = {t.name: alloc(t) for t in io.outputs if t.name != "latents.out"}
-        self.held: list[int] = []  # frame slot -> ring order (oldest first)
-        self.block = 0
-
-    def _bind(self, n: int, profile: str, src: int) -> dict:
-        io = self.engine.contract(profile)
-        b = {}
-        for t in io.inputs + io.outputs:
-            buf = {"latents": self.lat[src], "latents.out": self.lat[1 - src]}.get(t.name) or self.ins.get(t.name) or self.outs[t.name]
-            b[t.name] = buf if tuple(t.shape) == buf.shape else buf.view(t.name, t.shape)
-        return b
-
-    def _scalars(self, mode: float, mix: float, t: float, dt: float) -> None:
-        for name, v in (("mode", mode), ("mix", mix), ("timestep", t), ("dt", dt)):
-            self.memory.upload(self.ins[name], np.array([v], np.float32))
-
-    def _stash(self, dst_prefix: str, frames: int, first_slot: int | None) -> None:
-        """Device copies of this call's K/V scratch into the sink (``first_slot`` None) or ring frame slots."""
-        S, Hm = self.layout.tokens_per_frame, self.layout.history_tokens
-        for name, buf in self.outs.items():
-            if not name.endswith("_chunk"):
-                continue
-            layer, kind = name.split(".")
-            dst = self.ins[f"{layer}.{dst_prefix}_{kind[0]}"]
-            _, h, _, D = dst.shape
-            item = dst.nbytes // (h * dst.shape[2] * D)
-            n_tok = frames * S
-            for head in range(h):
-                src = buf.view(f"{name}[{head}]", (n_tok, D), head * n_tok * D * item)  # the bound [1,h,n*S,D] view
-                if first_slot is None:
-                    self.memory.copy(dst.view(f"{dst.name}[{head}]", (n_tok, D), head * n_tok * D * item), src)
-                    continue
-                for f in range(frames):  # one ring frame slot per frame (slots wrap)
-                    slot = (first_slot + f) % self.layout.history_frames
-                    d = dst.view(f"{dst.name}[{head},{slot}]", (S, D), (head * Hm + slot * S) * D * item)
-                    self.memory.copy(d, src.view(f"{src.name}[{f}]", (S, D), f * S * D * item))
-
-    def sink(self, clean, text, text_mask) -> None:
-        """Chunk 0: capture the sink frame(s); upload the prompt once."""
-        sk = self.layout.sink_frames
-        self.memory.upload(self.ins["text"], text)
-        self.memory.upload(self.ins["text_mask"], text_mask)
-        self._copy_frames(clean, 0, sk)
-        self.memory.upload(self.ins["frame_pos"].view("frame_pos", (sk,)), np.arange(sk, dtype=np.int64))
-        self.memory.upload(self.ins["sink_pos"], np.arange(sk, dtype=np.int64))
-        self._scalars(0.0, 0.0, 0.0, 0.0)
-        self.engine.run_bound(self._bind(sk, "sink", 0), "sink")
-        self._stash("sink", sk, None)
-
-    def _copy_frames(self, clean, start: int, n: int) -> None:
-        """Stage-1 latents frames [start, start + n) -> latents#0, per channel (frames are not contiguous)."""
-        C = clean.shape[1]
-        per = int(np.prod(clean.shape[3:])) * 4
-        dst = self.lat[0]
-        for c in range(C):
-            s = clean.view(f"clean[{c}]", (n * per // 4,), (c * clean.shape[2] + start) * per)
-            self.memory.copy(dst.view(f"latents[{c}]", (n * per // 4,), c * n * per), s)
-
-    def refine_block(self, clean, start: int, first_frame: int) -> object:
-        """One block of ``block_size`` frames of ``clean`` from frame ``start``: 3 steps + history capture."""
-        lay, n = self.layout, self.layout.block_size
-        self._copy_frames(clean, start, n)
-        shape = self.lat[0].shape
-        self.memory.upload(self.ins["noise"], self.rng.standard_normal(shape, dtype=np.float32))
-        pos = np.arange(first_frame, first_frame + n, dtype=np.int64)
-        self.memory.upload(self.ins["frame_pos"], pos)
-        self.memory.upload(self.ins["sink_pos"], np.arange(lay.sink_frames, dtype=np.int64) + first_frame
-                           - lay.history_frames - lay.sink_frames)
-        valid = np.zeros((lay.history_tokens,), np.float32)
-        valid[: len(self.held) * lay.tokens_per_frame] = 1.0  # slots fill in order, then all stay valid
-        self.memory.upload(self.ins["hist_valid"], valid)
-        src = 0
-        for i in range(len(self.sigmas) - 1):
-            s, s_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
-            self._scalars(1.0, s if i == 0 else 0.0, s * 1000.0, s_next - s)
-            self.engine.run_bound(self._bind(n, "block", src), "block")
-            src = 1 - src
-        self._scalars(2.0, 0.0, 0.0, 0.0)
-        self.engine.run_bound(self._bind(n, "block", src), "block")
-        slot = (self.block * n) % lay.history_frames
-        self._stash("hist", n, slot)
-        self.held = (self.held + list(range(n)))[-lay.history_frames:]
-        self.block += 1
-        return self.lat[src]
-
-
 def _load(emu, plan: EnginePlan, tmp: Path):
     from sanawm.engines.tensorrt import TensorRTEngine
 
@@ -215,8 +121,17 @@ def run_pipeline(variant: str, cfg, plans: dict, chunks: int, refiner_layout=Non
         runner.io = plans["generator"].io
         state = runner.new_state()
         dec = DecoderPool(engines["vae_decoder"], mem["vae_decoder"]) if "vae_decoder" in engines else None
-        ref = (RefinerPool(engines["refiner"], mem["refiner"], refiner_layout, refiner_sigmas, rng)
-               if "refiner" in engines else None)
+        ref = None
+        if "refiner" in engines:  # the runtime's own refiner stage and pool (sanawm.runtime.refiner_stage)
+            from sanawm.refiner_layout import RefinerLayout
+            from sanawm.runtime.refiner_stage import RefinerStage
+
+            lay = RefinerLayout(refiner_layout.latent_height, refiner_layout.latent_width, refiner_layout.caption_length,
+                                refiner_layout.block_size, refiner_layout.kv_max_frames, refiner_layout.sink_frames,
+                                tuple(refiner_sigmas))
+            ref = RefinerStage(engines["refiner"], lay, memory=mem["refiner"])
+            ref.set_text((np.zeros((1, ref.caption_length, ref.caption_channels), np.float32),
+                          np.ones((1, ref.caption_length), np.float32)))
         pools = {n: m.traffic.allocated_bytes for n, m in mem.items()}
         kinds = {n: _by_kind(n, m.buffers) for n, m in mem.items()}
         T = cfg.first_chunk_size + (chunks - 1) * cfg.chunk_size
@@ -234,19 +149,13 @@ def run_pipeline(variant: str, cfg, plans: dict, chunks: int, refiner_layout=Non
             res = runner.run_chunk(c, s, e, rng.standard_normal((1, C, e - s, H, W), dtype=np.float32), cond, state)
             latents, n = res.buffer, e - s
             if ref is not None:
-                if c == 0:
-                    lay = refiner_layout
-                    ref.sink(latents, np.zeros(ref.ins["text"].shape, np.float32), np.ones(ref.ins["text_mask"].shape, np.float32))
-                    refined = ref.refine_block(latents, lay.sink_frames, lay.sink_frames)
-                else:
-                    refined = ref.refine_block(latents, 0, s)
+                from sanawm.runtime.chunk import Chunk
+
+                refined = ref.process(Chunk(c, s, e, buffer=latents)).refined_buffer  # stays on the device
             if dec is not None:
                 prof = "first" if c == 0 else "next"
                 view = dec.latents if n == dec.latents.shape[2] else dec.latents.view("latents", (1, C, n, H, W))
-                if ref is None:
-                    _cross_copy(view, latents)
-                else:  # [raw sink frame(s) ; refined block] (chunk 0), the refined block after
-                    _cross_copy_frames(view, latents, refined, refiner_layout.sink_frames if c == 0 else 0)
+                _cross_copy(view, latents if ref is None else refined)  # chunk 0 refined: [raw sink ; block]
                 dec.decode(n, prof)
             rec = ChunkRecord(c, n)
             for name, m in mem.items():
@@ -273,7 +182,8 @@ def run_pipeline(variant: str, cfg, plans: dict, chunks: int, refiner_layout=Non
         return out
 
 
-STATE_MARKS = {"generator": ("#0", "#1", "_win"), "vae_decoder": ("cache.",), "refiner": ("sink_", "hist_")}
+# carried-state buffer names per component (refiner: l{i}.sink_k ..., not the sink_pos input)
+STATE_MARKS = {"generator": ("#0", "#1", "_win"), "vae_decoder": ("cache.",), "refiner": (".sink_", ".hist_")}
 
 
 def _by_kind(component: str, buffers) -> dict:
@@ -294,16 +204,3 @@ def _state_buffers(state) -> list:
 def _cross_copy(dst, src) -> None:
     """Device-to-device copy between two components' memories (same device; ordered on dst's stream)."""
     dst.memory.copy(dst, type(dst)(dst.spec.__class__(src.name, src.dtype, src.shape), src.handle, dst.memory))
-
-
-def _cross_copy_frames(dst, raw, refined, sink: int) -> None:
-    """Decoder latents = frames [0, sink) of the stage-1 latents, then the refined block (per channel)."""
-    C, n = dst.shape[1], dst.shape[2]
-    per = dst.shape[3] * dst.shape[4]
-    nb = refined.shape[2]
-    for c in range(C):
-        if sink:
-            d = dst.view(f"dec[{c},:sink]", (sink * per,), c * n * per * 4)
-            _cross_copy(d, raw.view(f"raw[{c},:sink]", (sink * per,), c * raw.shape[2] * per * 4))
-        d = dst.view(f"dec[{c},block]", (nb * per,), (c * n + sink) * per * 4)
-        _cross_copy(d, refined.view(f"ref[{c}]", (nb * per,), c * nb * per * 4))

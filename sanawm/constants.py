@@ -19,12 +19,12 @@ VAE_DECODER = "vae_decoder"  # bundle schema 2: one engine, optimization profile
 # the two fixed-shape decoder step functions of the torch reference and the test fakes (engines of schema 1)
 VAE_DECODER_FIRST = "vae_decoder_first"
 VAE_DECODER_NEXT = "vae_decoder_next"
-REFINER_SINK = "refiner_sink"
-REFINER_STEP = "refiner_step"
-REFINER_CAPTURE = "refiner_capture"
+REFINER = "refiner"  # bundle schema 2: one engine, optimization profiles "sink" / "block"
+# the three engines older bundles held the refiner as (each with the full weights): refused, with the rebuild command
+REFINER_RETIRED = ("refiner_sink", "refiner_step", "refiner_capture")
 
 GENERATOR_ENGINES = (GENERATOR,)  # what a bundle holds for stage 1
 VAE_DECODER_ENGINES = (VAE_DECODER,)  # what a bundle holds for decoding
 VAE_DECODER_PAIR = (VAE_DECODER_FIRST, VAE_DECODER_NEXT)
 VAE_ENGINES = (VAE_ENCODER, *VAE_DECODER_ENGINES)
-REFINER_ENGINES = (REFINER_SINK, REFINER_STEP, REFINER_CAPTURE)
+REFINER_ENGINES = (REFINER,)

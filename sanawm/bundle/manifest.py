@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..constants import REFINER_RETIRED
 from ..spec import StepIO, TensorSpec
 from .env import BackendEnv, _vkey, normalize_cc
 from .onnx_external import onnx_external_locations
@@ -192,6 +193,11 @@ class Bundle:
             )
         if not isinstance(m.get("engines"), dict) or not m["engines"]:
             raise BundleError(f"bundle {self.root}: manifest lists no engines; rebuild it with `sanawm-export`")
+        retired = sorted(set(m["engines"]) & set(REFINER_RETIRED))
+        if retired:  # schema 2 before the one-engine refiner: three copies of its weights
+            raise BundleError(
+                f"bundle {self.root} holds the refiner as three engines {retired} (each with the full weights); this "
+                f"sanawm reads one: rebuild it with `sanawm-export ... --out {self.root} --engines refiner`", retired[0])
 
     def validate(
         self,

@@ -2,7 +2,7 @@
 
     sanawm-export --checkpoint PATH | --random  --config tiny|full  --out DIR  [--vae VAE_DIR]
                   [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8]
-                  [--engines generator,vae_encoder,vae_decoder,refiner_sink,refiner_step,refiner_capture]
+                  [--engines generator,vae_encoder,vae_decoder,refiner]
                   [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
                   [--calib-chunks N] [--timing-cache PATH]
 
@@ -11,7 +11,7 @@ VAE engines (``vae_encoder``, ``vae_decoder``) come from ``--vae`` (a diffusers
 the generator's ``in_channels``); they are always exported in FP32 (``--precision`` applies to the generator and refiner).
 The manifest's ``vae`` section records the VAE config and the image size the runtime crops first frames to.
 
-Refiner engines (``refiner_sink``, ``refiner_step``, ``refiner_capture``; ``sanawm.models.refiner``) come from
+The refiner engine (``refiner``: one weight set, profiles sink / block; ``sanawm.models.refiner``) comes from
 ``--refiner`` (a diffusers ``SanaWMLTX2RefinerTransformer3DModel`` folder: the refiner's ``transformer/`` or its
 repo root) or, with ``--random``, the seeded tiny random refiner (latent channels = the generator's
 ``in_channels``). Same latent H x W as the generator; ``--precision`` as the generator's (FP8 calibration and the FP16
@@ -183,7 +183,8 @@ def export_options(f):
                "calibration run); fp8: E4M3 W8A8 Q/DQ on the same layers. The VAE stays fp32; state, norms, softmax "
                "and the GDN recurrence stay fp32 in every case"),
         option("precision", "--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True,
-               help="storage of the generator's softmax K/V window (its largest carried state): auto = fp16 for "
+               help="storage of the generator's softmax K/V window and the refiner's sink / history K/V (the largest "
+               "carried state): auto = fp16 for "
                "fp16/fp8 exports, fp32 for fp32 exports; the engine computes in fp32 and casts at its boundary"),
         option("precision", "--calib-chunks", type=int, default=3, show_default=True,
                help="chunks of a streaming run used for FP8 calibration"),

@@ -37,13 +37,14 @@ def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | 
         from ..config import get_config
 
         cfg = get_config(a.config)
+    kv = getattr(a, "kv_dtype", "auto")
+    kv = ("fp16" if a.precision in CALIBRATED_PRECISIONS else "fp32") if kv == "auto" else kv
+    kv = {"fp16": "float16", "fp32": "float32"}[kv]  # the K/V windows' storage type (generator and refiner)
     if gen_names:
         from .families.generator import generator_jobs, load_generator_model
 
         model = load_generator_model(a.checkpoint, cfg, a.config, a.seed)
-        kv = getattr(a, "kv_dtype", "auto")
-        kv = ("fp16" if a.precision in CALIBRATED_PRECISIONS else "fp32") if kv == "auto" else kv
-        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks, kv_dtype={"fp16": "float16", "fp32": "float32"}[kv])
+        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks, kv_dtype=kv)
     if vae_names:
         from .families.vae import prepare_vae
 
@@ -54,7 +55,7 @@ def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | 
 
         rjobs, ref_info = prepare_refiner(a.refiner, a.seed, cfg, a.precision, ref_names, a.refiner_caption_length,
                                           a.refiner_kv_max_frames, a.refiner_fps, a.calib_chunks,
-                                          a.precision in CALIBRATED_PRECISIONS)
+                                          a.precision in CALIBRATED_PRECISIONS, kv_dtype=kv)
         jobs += rjobs
     if "toy" in a.engines:
         from .families.toy import toy_job
@@ -95,7 +96,7 @@ def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict
         from .onnx import random_inputs
 
         try:
-            io = job.io.concrete(job.profiles["next"]) if job.profiles else job.io
+            io = job.io.concrete(list(job.profiles.values())[-1]) if job.profiles else job.io  # the largest call
             chk = fp8_layer_check(module, io, art.onnx, sample if sample is not None else random_inputs(job.io))
             err, what = max(chk["forced"].values()), "teacher-forced FP8 rel err"
             facts["ort_check_fp8_forced_rel_error"] = err

@@ -1,24 +1,25 @@
-"""Stage-2 refiner over the ``refiner_sink`` / ``refiner_step`` / ``refiner_capture`` engines (numpy only).
+"""Stage-2 refiner over the ONE ``refiner`` engine, its state in a pool where the engine runs (numpy only).
 
 Alignment (sana-wm-streaming.md 5.1-5.3): refiner block k refines latent frames ``[sink + 3k, sink + 3k + 3)``,
 i.e. stage-1 chunk k without its condition frame for k = 0. Per stage-1 chunk:
 
-* chunk 0 (frames ``[0, 4)``): the raw frame(s) ``[0, sink)`` go once through ``refiner_sink`` (pre-RoPE sink
-  K/V, kept for the whole clip); frames ``[sink, 4)`` are block 0; the chunk passes on
+* chunk 0 (frames ``[0, 4)``): the raw frame(s) ``[0, sink)`` go once through the engine at profile ``sink``
+  (pre-RoPE sink K/V, kept for the whole clip); frames ``[sink, 4)`` are block 0; the chunk passes on
   ``[raw frame 0 ; refined block 0]`` (what decoder chunk 0 decodes).
 * later chunks: all their frames, one block per ``block_size`` frames.
 
-Per block: ``x = (1 - s0) z + s0 eps`` with ``eps`` [1, C, block, H, W] drawn from this stage's seeded numpy
-``Generator(PCG64(seed))`` in block order (default seed 42 like the release's ``--refiner_seed``; NOT
-bit-identical to the release's torch CUDA RNG for the same seed: inject noise for parity, see ``noise=``);
-Euler over the sigmas (0.909375, 0.725, 0.421875, 0) with ``refiner_step`` (timestep = sigma x
-``timestep_scale_multiplier``); then ``refiner_capture`` appends the refined block's post-RoPE K/V to the
-history window. The window is a runtime-owned fixed-size buffer (``hist_valid`` + per-layer ``hist_k/v``,
-right-aligned, shifted by the graph) chained through the capture engine's ``state_map``; the sink is re-rotated
-at ``block_start - history_frames - sink`` as ``sanawm.models.refiner.refine_stream`` (the torch oracle) does.
+Per block (profile ``block``): the clean block ``z`` is copied into the pool from where the generator left it,
+``eps`` [1, C, block, H, W] drawn from this stage's seeded numpy ``Generator(PCG64(seed))`` in block order
+(default seed 42 like the release's ``--refiner_seed``; NOT bit-identical to the release's torch CUDA RNG for the
+same seed: inject noise for parity, see ``noise=``) is uploaded, and the first call starts from
+``(1 - s0) z + s0 eps``; three denoising calls over the sigmas (0.909375, 0.725, 0.421875, 0) with the Euler step in the engine
+(only timestep / sigma / dt cross per call); then a sigma-0 commit call whose post-RoPE K/V the pool copies into
+the history ring (``sanawm.runtime.refiner_pool``). The sink is re-rotated at ``block_start - history_frames -
+sink`` as ``sanawm.models.refiner.refine_stream`` (the torch oracle) does. The refined block stays in the pool:
+the decoder binds it there (chunk 0 is assembled from the sink frame and the block by copies in the pool).
 
-Everything the stage carries (sink K/V, history, RNG position, refiner text) is in ``state_dict``, so a
-session saved between chunks resumes with identical refined latents.
+Everything the stage carries (sink K/V, history ring, RNG position, refiner text) is in ``state_dict``, read out
+of the pool only when asked for, so a session saved between chunks resumes with identical refined latents.
 """
 
 from __future__ import annotations
@@ -30,19 +31,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ..constants import REFINER_CAPTURE, REFINER_ENGINES, REFINER_SINK, REFINER_STEP
+from ..constants import REFINER
 from ..refiner_layout import RefinerLayout
-from .chunk import Chunk, state_pairs
+from ..spec import StepIO
+from ..spec_refiner import BLOCK, SINK, layer_names
+from .chunk import Chunk
+from .refiner_pool import RefinerStatePool
 
 DEFAULT_REFINER_SEED = 42  # the release's --refiner_seed default
-REBUILD = f"rebuild them with `sanawm-export ... --engines {','.join(REFINER_ENGINES)}`"
-
-
-def _spec(ex, name: str):
-    for t in ex.inputs:
-        if t.name == name:
-            return t
-    raise ValueError(f"engine {ex.name}: no input {name!r} (it takes {[t.name for t in ex.inputs][:8]} ...); {REBUILD}")
+REBUILD = f"rebuild it with `sanawm-export ... --engines {REFINER}`"
 
 
 def refiner_text_from(value) -> tuple[np.ndarray, np.ndarray] | None:
@@ -89,73 +86,70 @@ class RefinerStage:
 
     name = "refiner"
 
-    def __init__(self, sink, step, capture, layout: RefinerLayout | dict | None = None, seed: int = DEFAULT_REFINER_SEED,
-                 noise: Sequence[np.ndarray] | None = None):
-        """``layout``: the manifest's ``refiner`` section (or a ``RefinerLayout``); shapes come from the
-        engines and must agree with it. ``noise``: inject the per-block noise (block k -> [1, C, block, H, W]),
-        e.g. the torch reference's, instead of drawing it (parity tests)."""
-        self.sink, self.step, self.capture = sink, step, capture
+    def __init__(self, engine, layout: RefinerLayout | dict | None = None, seed: int = DEFAULT_REFINER_SEED,
+                 noise: Sequence[np.ndarray] | None = None, memory=None):
+        """``engine``: the bundle's ``refiner`` executor (profiles ``sink`` / ``block``, ``run_bound``).
+        ``layout``: the manifest's ``refiner`` section (or a ``RefinerLayout``); shapes come from the engine and
+        must agree with it. ``noise``: inject the per-block noise (block k -> [1, C, block, H, W]), e.g. the torch
+        reference's, instead of drawing it (parity tests). ``memory``: where the pool lives (default: the
+        engine's own, else host memory)."""
+        if set(getattr(engine, "profiles", {}) or {}) != {SINK, BLOCK} or not hasattr(engine, "run_bound"):
+            raise ValueError(f"engine {getattr(engine, 'name', '?')}: the refiner is one engine with profiles "
+                             f"{SINK} / {BLOCK} bound to pool buffers; it has {sorted(getattr(engine, 'profiles', {}) or {})}; "
+                             f"{REBUILD}")
+        self.engine = engine
         info = layout if isinstance(layout, RefinerLayout) else RefinerLayout.from_manifest(layout)
         self.info = info
-        lat = _spec(step, "latents")
-        _, self.C, self.block, self.H, self.W = (int(d) for d in lat.shape)
-        self.sink_frames = int(_spec(sink, "latents").shape[2])
-        S = self.H * self.W
-        hm = int(_spec(step, "hist_valid").shape[0])
-        if hm % S:
-            raise ValueError(f"engine {step.name}: hist_valid has {hm} tokens, not whole {self.H}x{self.W} frames; {REBUILD}")
-        self.history_frames = hm // S
+        io = StepIO(tuple(engine.inputs), tuple(engine.outputs), dict(engine.state_map or {}))
+        names = {t.name for t in io.inputs}
+        num_layers = sum(1 for t in io.inputs if t.name.endswith(".sink_k"))
+        missing = [n for n in ("latents", "kv_valid", "text", "sigma", "dt", "kv_rotate", *layer_names(0))
+                   if n not in names]
+        if missing or not num_layers:
+            raise ValueError(f"engine {engine.name}: no input(s) {missing or ['l0.sink_k']}; {REBUILD}")
+        if memory is None:
+            memory = getattr(engine, "memory", None)
+        if memory is None:
+            from ..engines.memory import HostMemory
+
+            memory = HostMemory()
+        self.memory = memory
+        self.pool = RefinerStatePool(io, engine.profiles, num_layers, memory)
+        p = self.pool
+        self.C, self.block, self.H, self.W = p.C, p.block, p.H, p.W
+        self.sink_frames, self.history_frames = p.sink_frames, p.history_frames
         got = (self.block, self.sink_frames, self.sink_frames + self.history_frames)
         want = (info.block_size, info.sink_frames, info.kv_max_frames)
-        if got != want:
+        if got != want or p.hist_tokens != self.history_frames * p.S:
             raise ValueError(
-                f"refiner engines are built for (block_size, sink_frames, kv_max_frames) = {got} but the manifest's "
-                f"refiner layout says {want}; the engines and manifest come from different exports: {REBUILD}"
+                f"refiner engine is built for (block_size, sink_frames, kv_max_frames) = {got} but the manifest's "
+                f"refiner layout says {want}; the engine and manifest come from different exports: {REBUILD}"
             )
-        if any(t.name.endswith(".text_k") for t in step.inputs):
-            raise ValueError(f"engine {step.name} takes precomputed prompt K/V (text_kv graphs); this stage runs the "
-                             f"'text' form: {REBUILD}")
-        t = _spec(step, "text")
+        t = p.inputs["text"]
         self.caption_length, self.caption_channels = int(t.shape[1]), int(t.shape[2])
-        for ex in (sink, capture):
-            e = tuple(_spec(ex, "text").shape)
-            if e != tuple(t.shape):
-                raise ValueError(f"engine {ex.name} takes text {list(e)}, {step.name} {list(t.shape)}; {REBUILD}")
         self.sigmas = np.asarray(info.sigmas, dtype=np.float32)
         self.mult = float(info.timestep_scale_multiplier)
-        # history chaining: capture outputs -> the (shared) step/capture inputs
-        self.pairs = state_pairs(capture)
-        hist_inputs = {n for n in self.pairs.values()}
-        need = {x.name for x in capture.inputs if x.name == "hist_valid" or x.name.endswith((".hist_k", ".hist_v"))}
-        if need - hist_inputs:
-            raise ValueError(f"engine {capture.name}: its state_map does not feed {sorted(need - hist_inputs)[:4]}; {REBUILD}")
-        self._hist_specs = {x.name: x for x in capture.inputs if x.name in hist_inputs}
-        self._sink_names = [o.name for o in sink.outputs]
-        missing = [n for n in self._sink_names if n not in {x.name for x in step.inputs}]
-        if missing:
-            raise ValueError(f"engine {sink.name} outputs {missing[:3]} that {step.name} does not take; {REBUILD}")
         self.seed = int(seed)
         self._noise = None if noise is None else [np.asarray(n, np.float32) for n in noise]
         self.text: np.ndarray | None = None
         self.text_mask: np.ndarray | None = None
-        self.reset()
-
-    @classmethod
-    def from_executors(cls, executors: dict, layout=None, seed: int = DEFAULT_REFINER_SEED, **kw) -> "RefinerStage":
-        return cls(executors[REFINER_SINK], executors[REFINER_STEP], executors[REFINER_CAPTURE], layout, seed, **kw)
-
-    # ------------------------------------------------------------------ state
-    def reset(self) -> None:
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
         self.blocks_done = 0
         self.hist_frames = 0
-        self.sink_kv: dict[str, np.ndarray] | None = None
-        self.hist = {n: np.zeros(t.shape, dtype=t.dtype) for n, t in self._hist_specs.items()}
+
+    @classmethod
+    def from_executors(cls, executors: dict, layout=None, seed: int = DEFAULT_REFINER_SEED, **kw) -> "RefinerStage":
+        return cls(executors[REFINER], layout, seed, **kw)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def sink_captured(self) -> bool:
+        return self.pool.sink_ready
 
     @property
     def next_frame(self) -> int:
         """Absolute latent frame the next block starts at (0 while the sink is not captured)."""
-        return 0 if self.sink_kv is None else self.sink_frames + self.blocks_done * self.block
+        return 0 if not self.pool.sink_ready else self.sink_frames + self.blocks_done * self.block
 
     def set_text(self, text: tuple[np.ndarray, np.ndarray] | None) -> None:
         """The refiner's prompt (features [1, T, D], mask [1, T]); None: zeros (every token on), with a warning.
@@ -168,17 +162,19 @@ class RefinerStage:
                 f"--refiner-max-length {L}` (or run with --no-refiner)",
                 stacklevel=2,
             )
-            self.text, self.text_mask = np.zeros((1, L, D), np.float32), np.ones((1, L), np.float32)
-            return
-        feats, mask = (np.asarray(a, np.float32) for a in text)
-        if feats.shape != (1, L, D):
-            raise ValueError(
-                f"refiner text features are {list(feats.shape)}, the refiner engines take [1, {L}, {D}]; re-encode the "
-                f"prompt with `sanawm encode-prompt ... --refiner-encoder <this refiner's folder> --refiner-max-length {L}`"
-            )
-        if mask.shape != (1, L):
-            raise ValueError(f"refiner text mask is {list(mask.shape)}, expected [1, {L}]")
+            feats, mask = np.zeros((1, L, D), np.float32), np.ones((1, L), np.float32)
+        else:
+            feats, mask = (np.asarray(a, np.float32) for a in text)
+            if feats.shape != (1, L, D):
+                raise ValueError(
+                    f"refiner text features are {list(feats.shape)}, the refiner engine takes [1, {L}, {D}]; re-encode "
+                    f"the prompt with `sanawm encode-prompt ... --refiner-encoder <this refiner's folder> "
+                    f"--refiner-max-length {L}`"
+                )
+            if mask.shape != (1, L):
+                raise ValueError(f"refiner text mask is {list(mask.shape)}, expected [1, {L}]")
         self.text, self.text_mask = np.ascontiguousarray(feats), np.ascontiguousarray(mask)
+        self.pool.set_prompt(self.text, self.text_mask)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         d = {
@@ -190,9 +186,7 @@ class RefinerStage:
         }
         if self.text is not None:
             d["text"], d["text_mask"] = self.text, self.text_mask
-        if self.sink_kv is not None:
-            d.update({f"sink/{k}": v for k, v in self.sink_kv.items()})
-        d.update({f"hist/{k}": v for k, v in self.hist.items()})
+        d.update({f"pool/{k}": v for k, v in self.pool.state_dict().items()})
         return d
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -202,23 +196,16 @@ class RefinerStage:
                 f"saved session has no refiner state ({sorted(state)[:4]}): it was saved without the refiner; resume "
                 "with the same bundle and refiner setting (--no-refiner / refiner=False)"
             )
-        sink = {k[5:]: v for k, v in state.items() if k.startswith("sink/")}
-        hist = {k[5:]: v for k, v in state.items() if k.startswith("hist/")}
-        if set(hist) != set(self._hist_specs) or (sink and set(sink) != set(self._sink_names)):
-            raise ValueError("saved refiner state does not match these refiner engines (history / sink tensors differ); "
-                             "resume with the bundle the session was saved with")
-        for k, v in hist.items():
-            t = self._hist_specs[k]
-            if v.shape != tuple(t.shape):
-                raise ValueError(f"saved refiner history {k!r} is {list(v.shape)}, engine takes {list(t.shape)}; "
-                                 "resume with the bundle the session was saved with")
+        pool = {k[5:]: v for k, v in state.items() if k.startswith("pool/")}
+        if not pool:
+            raise ValueError("saved refiner state holds no pool (sink / history ring): it was saved by the three-engine "
+                             f"refiner of an older bundle; resume with the bundle the session was saved with, or {REBUILD}")
+        self.pool.load_state_dict(pool)
         self.seed = int(state["seed"]) if "seed" in state else self.seed
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
         self.rng.bit_generator.state = json.loads(bytes(state["rng"]).decode())
         self.blocks_done = int(state["blocks_done"])
         self.hist_frames = int(state["hist_frames"])
-        self.sink_kv = {k: v.astype(np.float32) for k, v in sink.items()} or None
-        self.hist = {k: v.astype(self._hist_specs[k].dtype) for k, v in hist.items()}
         if "text" in state:
             self.set_text((state["text"], state["text_mask"]))
 
@@ -234,88 +221,83 @@ class RefinerStage:
             return eps
         return self.rng.standard_normal(shape, dtype=np.float32)
 
-    def _feeds(self, ex, values: dict) -> dict[str, np.ndarray]:
-        out = {}
-        for t in ex.inputs:
-            if t.name not in values:
-                raise ValueError(f"engine {ex.name}: no value for input {t.name!r}; {REBUILD}")
-            out[t.name] = values[t.name]
-        return out
+    def _call(self, profile: str, sigma: float, dt: float, rotate: bool, mix: float = 0.0) -> None:
+        one = lambda v: np.array([v], np.float32)  # noqa: E731
+        # timestep: sigma x multiplier in double, then float32 (the oracle's torch.full)
+        self.pool.upload_call(profile, mix=one(mix), timestep=one(sigma * self.mult), sigma=one(sigma), dt=one(dt),
+                              kv_rotate=one(1.0 if rotate else 0.0))
+        self.engine.run_bound(self.pool.bindings(profile), profile)
 
-    def _capture_sink(self, raw: np.ndarray) -> None:
-        vals = {"latents": np.ascontiguousarray(raw, np.float32), "sink_pos": np.arange(self.sink_frames, dtype=np.int64),
-                "text": self.text, "text_mask": self.text_mask}
-        out = self.sink.run(self._feeds(self.sink, vals))
-        self.sink_kv = {n: np.asarray(out[n], np.float32) for n in self._sink_names}
+    def _capture_sink(self, src, host) -> None:
+        sk = self.sink_frames
+        p = self.pool
+        p.load_latents(SINK, 0, sk, src, host)
+        p.upload_call(SINK, frame_pos=np.arange(sk, dtype=np.int64), sink_pos=np.arange(sk, dtype=np.int64),
+                      kv_valid=p.kv_valid())  # sink not captured yet: every prefix key masked
+        self._call(SINK, 0.0, 0.0, rotate=False)
+        p.commit_sink()
 
-    def refine_block(self, clean: np.ndarray) -> np.ndarray:
-        """Refine the next block ``clean`` [1, C, block, H, W] and append its K/V to the history."""
+    def refine_block(self, f0: int, src=None, host: np.ndarray | None = None):
+        """Refine the next block: frames ``[f0, f0 + block)`` of the chunk's stage-1 latents (the pool buffer
+        ``src`` where the generator left them, else the host array ``host``); commit its K/V to the history ring.
+        Returns the pool buffer holding the refined block (valid until the next block)."""
         start = self.next_frame
-        n, sk = self.block, self.sink_frames
+        n, sk, p = self.block, self.sink_frames, self.pool
         off = start - self.hist_frames - sk
-        common = {
-            "frame_pos": np.arange(start, start + n, dtype=np.int64),
-            "sink_pos": np.arange(off, off + sk, dtype=np.int64),
-            "text": self.text,
-            "text_mask": self.text_mask,
-            **self.sink_kv,
-            **self.hist,
-        }
         sig = self.sigmas
-        s0 = float(sig[0])
-        eps = self._draw_noise(self.blocks_done)
-        x = ((1.0 - s0) * clean.astype(np.float32) + s0 * eps).astype(np.float32)
-        for i in range(len(sig) - 1):
-            s = float(sig[i])
-            ts = np.array([s * self.mult], dtype=np.float32)
-            v = self.step.run(self._feeds(self.step, {**common, "latents": x, "timestep": ts}))["velocity"]
-            x0 = (x - v.astype(np.float32) * sig[i]).astype(np.float32)
-            if s <= 1.0e-6:
-                x = x0
-            else:
-                vel = (x - x0) / np.float32(s)
-                x = (x + (sig[i + 1] - sig[i]) * vel).astype(np.float32)
-        out = self.capture.run(self._feeds(self.capture, {**common, "latents": x}))
-        self.hist = {i: np.array(out[o], dtype=self._hist_specs[i].dtype, copy=True) for o, i in self.pairs.items()
-                     if i in self._hist_specs}
+        p.load_latents(BLOCK, f0, n, src, host)
+        p.upload_call(BLOCK, noise=self._draw_noise(self.blocks_done), frame_pos=np.arange(start, start + n, dtype=np.int64),
+                      sink_pos=np.arange(off, off + sk, dtype=np.int64), kv_valid=p.kv_valid())
+        for i in range(len(sig) - 1):  # the first call mixes the noise in: (1 - s0) z + s0 eps
+            self._call(BLOCK, float(sig[i]), float(sig[i + 1] - sig[i]), rotate=True, mix=float(sig[0]) if i == 0 else 0.0)
+            p.swap()
+        self._call(BLOCK, 0.0, 0.0, rotate=True)  # commit pass: the refined block's K/V (latents.out unused)
+        p.commit_block(start)
         self.hist_frames = min(self.hist_frames + n, self.history_frames)
         self.blocks_done += 1
-        return x
+        return p.current(BLOCK)
 
     def process(self, chunk: Chunk) -> Chunk:
-        lat = np.ascontiguousarray(chunk.latents, dtype=np.float32)
-        if lat.ndim != 5 or lat.shape[0] != 1 or lat.shape[1] != self.C or lat.shape[3:] != (self.H, self.W):
+        src = chunk.latents_buffer
+        if src is not None and (src.memory.kind != self.memory.kind or src.dtype != "float32"):
+            src = None  # not where this engine runs: through the host
+        host = None if src is not None else np.ascontiguousarray(chunk.latents, dtype=np.float32)
+        shape = tuple(src.shape) if src is not None else host.shape
+        if len(shape) != 5 or shape[0] != 1 or shape[1] != self.C or shape[3:] != (self.H, self.W):
             raise ValueError(
-                f"chunk {chunk.index} latents are {list(lat.shape)}; the refiner engines take [1, {self.C}, n, {self.H}, "
-                f"{self.W}]: they were built for another generator config, rebuild them with the generator's --config"
+                f"chunk {chunk.index} latents are {list(shape)}; the refiner engine takes [1, {self.C}, n, {self.H}, "
+                f"{self.W}]: it was built for another generator config, rebuild it with the generator's --config"
             )
         if self.text is None:
             self.set_text(None)
-        parts = []
+        sk, n, p = self.sink_frames, self.block, self.pool
+        whole = shape[2]
         if chunk.start == 0:
-            if self.sink_kv is not None:
+            if p.sink_ready:
                 raise ValueError("refiner got clip frame 0 twice; start a new session for a new clip")
-            sk = self.sink_frames
-            if lat.shape[2] <= sk:
-                raise ValueError(f"chunk 0 has {lat.shape[2]} latent frames; the refiner needs more than the {sk} sink frame(s)")
-            raw = lat[:, :, :sk]
-            self._capture_sink(raw)
-            parts.append(raw)
-            body, start = lat[:, :, sk:], sk
+            if whole <= sk:
+                raise ValueError(f"chunk 0 has {whole} latent frames; the refiner needs more than the {sk} sink frame(s)")
+            head, start = sk, sk
         else:
-            body, start = lat, chunk.start
-        if start != self.next_frame:
+            head, start = 0, chunk.start
+        if head == 0 and start != self.next_frame:
             raise ValueError(
-                f"refiner expected the chunk starting at latent frame {self.next_frame if self.sink_kv is not None else 0}, "
-                f"got chunk {chunk.index} at frame {chunk.start}; chunks are refined in order from chunk 0 "
-                "(to continue mid-clip, resume a saved session)"
+                f"refiner expected the chunk starting at latent frame {self.next_frame}, got chunk {chunk.index} at "
+                f"frame {chunk.start}; chunks are refined in order from chunk 0 (to continue mid-clip, resume a saved session)"
             )
-        if body.shape[2] % self.block:
+        if (whole - head) % n:
             raise ValueError(
-                f"chunk {chunk.index} has {body.shape[2]} latent frames to refine, not whole blocks of {self.block}; "
+                f"chunk {chunk.index} has {whole - head} latent frames to refine, not whole blocks of {n}; "
                 "the refiner blocks must align with stage-1 chunks (chunk_size = block_size = 3)"
             )
-        for j in range(body.shape[2] // self.block):
-            parts.append(self.refine_block(body[:, :, j * self.block:(j + 1) * self.block]))
-        chunk.refined = np.ascontiguousarray(np.concatenate(parts, axis=2), dtype=np.float32)
+        blocks = (whole - head) // n
+        out = None if (blocks == 1 and not head) else p.output(whole)
+        if head:
+            self._capture_sink(src, host)
+            p.copy_frames(out, 0, p.current(SINK), 0, sk)  # the raw sink frame(s), still in the latents buffer
+        for j in range(blocks):
+            refined = self.refine_block(head + j * n, src, host)
+            if out is not None:
+                p.copy_frames(out, head + j * n, refined, 0, n)
+        chunk._refined, chunk.refined_buffer = None, (out if out is not None else refined)
         return chunk

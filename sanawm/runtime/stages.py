@@ -4,7 +4,7 @@ A ``Stage`` turns a ``Chunk`` into a ``Chunk`` and owns whatever state it carrie
 session can save and resume it. A stage whose engines are missing from the bundle is skipped: the refiner
 becomes a pass-through, and without a decoder a chunk has latents only (``frames`` is None).
 
-The refiner stage over ``refiner_sink`` / ``refiner_step`` / ``refiner_capture`` lives in
+The refiner stage over the one ``refiner`` engine lives in
 ``sanawm.runtime.refiner_stage`` (registered in ``REFINER_FACTORIES``). ``DecoderStage`` and
 ``FirstFrameEncoder`` follow the exported LTX-2 VAE contract (``sanawm.models.vae``).
 """
@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..constants import REFINER_ENGINES, VAE_DECODER, VAE_DECODER_FIRST, VAE_DECODER_NEXT
+from ..constants import REFINER_ENGINES, REFINER_RETIRED, VAE_DECODER, VAE_DECODER_FIRST, VAE_DECODER_NEXT
 from ..constants import VAE_DECODER_ENGINES as DECODER_ENGINES
 from .chunk import Chunk, state_pairs
 
@@ -131,6 +131,11 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
     ``refiner_options`` go to the refiner factory (``layout``: the manifest's ``refiner`` section, ``seed``).
     """
     stages: list[Stage] = []
+    retired = [n for n in REFINER_RETIRED if n in executors]
+    if refiner and retired:
+        raise ValueError(f"the refiner comes as three engines {retired} (an older bundle, each with the full weights); "
+                         f"this sanawm runs it as one engine: rebuild it with `sanawm-export ... --engines "
+                         f"{','.join(REFINER_ENGINES)}`, or pass --no-refiner")
     have_refiner = [n for n in REFINER_ENGINES if n in executors]
     if refiner and have_refiner:
         factory = REFINER_FACTORIES.get(frozenset(have_refiner))
@@ -143,7 +148,7 @@ def build_stages(executors: dict, refiner: bool = True, refiner_options: dict | 
             )
             stages.append(PassThroughRefiner())
         else:
-            stages.append(factory(executors, **(refiner_options or {})))
+            stages.append(factory(executors, memory=memory, **(refiner_options or {})))
     else:
         stages.append(PassThroughRefiner())
     from .decoder import DecoderStage  # decoder.py builds on this module's helpers: imported here, no cycle

@@ -19,7 +19,8 @@ addresses on every call (what CUDA graphs, snapshots and forks need). Three kind
   uploaded once per session.
 
 Tensors whose size depends on the chunk length are allocated at the largest profile and bound as views of
-the profile's shape at the same address.
+the profile's shape at the same address. The refiner's pool (``sanawm.runtime.refiner_pool``) follows the same
+design: its history is a ring of frame slots written in place by copies after the commit pass.
 """
 
 from __future__ import annotations

@@ -73,15 +73,27 @@ def test_decoder_and_refiner_traffic_and_device_totals(plan):
     assert out.dtype == "uint8" and out.shape[-1] == 3
     for rec in full["chunks"]:  # one uint8 [F, H, W, 3] download per chunk
         assert rec["traffic"]["vae_decoder"]["d2h"] == out.nbytes
-    # refiner later chunk: noise + positions + history mask + 4 calls x 4 scalars, nothing else
+    # refiner later chunk (the runtime's RefinerStage): the block's noise + positions + the [sink ; history ring]
+    # mask + 4 calls x 5 scalars, nothing else; the clean block is copied from the generator's pool on the device
     from sanawm.config import tiny
 
     cfg = tiny()
-    lay_tokens = cfg.patch_tokens * 10  # kv_max_frames 11 - 1 sink frame
+    prefix_tokens = cfg.patch_tokens * 11  # kv_max_frames 11 = 1 sink frame + 10 history frames
     noise = cfg.in_channels * 3 * cfg.patch_tokens * 4
-    want = noise + 3 * 8 + 1 * 8 + lay_tokens * 4 + 4 * 4 * 4
-    assert full["chunks"][1]["traffic"]["refiner"]["h2d"] == want
-    assert full["chunks"][1]["traffic"]["refiner"]["d2h"] == 0
+    want = noise + 3 * 8 + 1 * 8 + prefix_tokens * 4 + 4 * 5 * 4
+    for rec in full["chunks"][1:]:
+        assert rec["traffic"]["refiner"]["h2d"] == want
+        assert rec["traffic"]["refiner"]["d2h"] == 0
+        assert rec["traffic"]["refiner"]["d2d"] >= noise  # the clean block and the K/V commits stay on the device
+    # the refiner's carried state (sink + history ring, both at the K/V dtype) is its pool's state part
+    from sanawm.spec_refiner import refiner_engine_io
+
+    from device_plan import model_facts
+
+    _, _, layout, _, core = model_facts("tiny", "fp16")
+    io = refiner_engine_io(core, layout, "float16")
+    state = sum(t.nbytes for t in io.inputs if t.name.endswith(("sink_k", "sink_v", "hist_k", "hist_v")))
+    assert full["pool_by_kind"]["refiner"]["state"] == state > 0
     assert plan["plans"]["vae_decoder"]["weight_bytes"] > 0
 
 
@@ -119,7 +131,7 @@ def test_roofline_and_targets_are_derived_from_the_counts(plan):
     assert t["planned_bytes"] == plan["runs"]["full"]["device_peak_bytes"] and t["meets"]
     hp = plan["refiner_host_path"]["per_block"]
     dev = plan["runs"]["full"]["chunks"][1]["traffic"]["refiner"]
-    assert hp["h2d"] > dev["h2d"]  # today's host path uploads the history on every call
+    assert hp["h2d"] > dev["h2d"]  # the old host path uploaded the history on every call
 
 
 def test_generator_pool_follows_the_planned_kv_dtype(plan):

@@ -12,7 +12,7 @@ import pytest
 from sanawm.bundle import file_record, write_manifest
 from sanawm.emulation import install
 
-pytestmark = pytest.mark.slow  # one tiny bundle export (~1-3 min on 2 cores)
+pytestmark = pytest.mark.slow  # one tiny bundle export (~1-3 min on 2 cores), run with and without the refiner
 
 CHUNKS = 4
 
@@ -40,10 +40,11 @@ def add_emulated_plans(root: Path, emu, backend: str) -> None:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
+    """Random tiny generator, VAE and the one refiner engine (the first test runs it with refiner=False)."""
     from sanawm.export.cli import main
 
     root = tmp_path_factory.mktemp("emu") / "bundle"
-    assert main(["--checkpoint", "tiny", "--backend", "onnx", "--no-refiner", "--out", str(root)]) == 0
+    assert main(["--checkpoint", "tiny", "--backend", "onnx", "--out", str(root)]) == 0
     return root
 
 
@@ -69,19 +70,31 @@ def run(rt, keep_latents=False):
 
 
 def test_device_resident_clip_equals_onnxruntime_and_moves_only_small_tensors(bundle):
+    check_emulated_clip(bundle, refiner=False)
+
+
+@pytest.mark.filterwarnings("ignore:the prompt embeddings have no refiner text")
+def test_device_resident_clip_with_the_refiner(bundle):
+    """The same four checks with the refiner engine in the loop: its sink, history ring and block latents stay
+    in the device pool; per chunk only the block's noisy latents and [1]-sized call inputs cross."""
+    check_emulated_clip(bundle, refiner=True)
+
+
+def check_emulated_clip(bundle, refiner: bool):
     from sanawm.runtime import Runtime
 
-    ref_rt = Runtime.load(bundle, "onnxruntime")
-    ref = [(c.latents.copy(), c.frames.copy()) for c in run(ref_rt)]
+    ref_rt = Runtime.load(bundle, "onnxruntime", refiner=refiner)
+    ref = [(c.latents.copy(), c.frames.copy(), c.refined.copy()) for c in run(ref_rt, keep_latents=True)]
 
     with install("tensorrt_rtx", total_memory=4 << 30) as emu:
         add_emulated_plans(bundle, emu, "tensorrt_rtx")
         dev = emu.device
         weights_before = dev.events["trt_weights"]
-        rt = Runtime.load(bundle, "tensorrt_rtx", refiner=False)
+        rt = Runtime.load(bundle, "tensorrt_rtx", refiner=refiner)
         loaded = dev.events["trt_weights"] - weights_before
         assert loaded == len(rt.executors)  # one weight upload per engine, at load
         assert "generator" in rt.executors and "generator_first" not in rt.executors  # one generator weight set
+        assert ("refiner" in rt.executors) == refiner and not {"refiner_step", "refiner_sink"} & set(rt.executors)
         mem = rt.generator.memory
         s = run(rt)
         per_chunk, allocs = [], []
@@ -96,6 +109,9 @@ def test_device_resident_clip_equals_onnxruntime_and_moves_only_small_tensors(bu
             allocs.append(dev.alloc_calls - before[2])
             dev_h2d = dev.copy_bytes["h2d"] - before[0].get("h2d", 0)
             assert dev_h2d == sum(v for k, v in moved.items() if k.startswith("h2d:"))  # every crossing is counted
+            if refiner:  # (a) the refined latents too (the test's own read, after the chunk's counted window)
+                np.testing.assert_allclose(chunk.refined, ref[c][2], rtol=0, atol=1e-5)
+                assert np.abs(chunk.refined - latents).max() > 1e-3  # the refiner really ran
         # (c) no device allocation after the first chunk
         assert allocs[1:] == [0] * (CHUNKS - 1), allocs
         # (b) per chunk: what crosses, without the uint8 frames (and the latents we chose to read), is at most

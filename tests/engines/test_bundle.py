@@ -48,6 +48,15 @@ def test_schema_1_bundle_is_refused_with_the_rebuild_command(bundle_factory, tmp
         Bundle.open(root)
 
 
+def test_three_engine_refiner_bundle_is_refused_with_the_rebuild_command(bundle_factory, tmp_path):
+    """Before the one-engine refiner a schema-2 bundle held refiner_sink / refiner_step / refiner_capture, each with
+    the refiner's full weights; such a bundle must be rebuilt."""
+    root = bundle_factory(tmp_path / "b")
+    _edit(root, lambda m: m["engines"].update(refiner_step=m["engines"]["add"]))
+    with pytest.raises(BundleError, match=r"three engines \['refiner_step'\].*--engines refiner"):
+        Bundle.open(root)
+
+
 def test_schema_version_mismatch(bundle_factory, tmp_path):
     root = bundle_factory(tmp_path / "b")
     _edit(root, lambda m: m.update(schema_version=SCHEMA_VERSION + 1))

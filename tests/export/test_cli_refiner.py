@@ -1,5 +1,6 @@
-"""sanawm-export writes the refiner engines (tiny, random, ONNX Runtime): a bundle Bundle.open validates, whose
-manifest carries the refiner layout, and the runtime's RefinerStage over those engines equals the torch AR loop
+"""sanawm-export writes the ONE refiner engine (tiny, random, ONNX Runtime): a bundle Bundle.open validates, whose
+manifest carries the refiner layout and the engine's profiles sink / block, whose weight bytes are the refiner's
+parameter bytes (one weight set), and the runtime's RefinerStage over that engine equals the torch AR loop
 ``sanawm.models.refiner.refine_stream`` (same weights, latents, noise and text) over 5 blocks.
 
 Tolerance: relative RMS error (sanawm.testing.rel_error) <= 1e-4, float32 (as tests/models/test_refiner_export.py).
@@ -38,22 +39,36 @@ def bundle_dir(tmp_path_factory):
     return out
 
 
-def test_bundle_has_the_refiner_engines_and_layout(bundle_dir):
-    b = Bundle.open(bundle_dir)  # validates paths, hashes, external data, state maps
-    assert set(b.engines) == set(REFINER_ENGINES)
-    assert {b.engine(n).precision for n in REFINER_ENGINES} == {"fp32"}
+def test_bundle_has_one_refiner_engine_with_profiles_and_layout(bundle_dir):
+    from sanawm.spec_refiner import new_kv_names
+
+    b = Bundle.open(bundle_dir)  # validates paths, hashes, external data, profiles
+    assert set(b.engines) == set(REFINER_ENGINES) == {"refiner"}
+    e = b.engine("refiner")
+    assert e.precision == "fp32"
     r = b.manifest["refiner"]
     assert r["layout"] == {"block_size": 3, "kv_max_frames": 11, "sink_frames": 1, "history_frames": 10,
                            "latent_hw": [H, W], "caption_length": 16, "caption_channels": 24}
     assert r["sigmas"] == [0.909375, 0.725, 0.421875, 0.0] and r["timestep_scale_multiplier"] == 1000.0
     assert r["latent_channels"] == C and r["source"]["random_seed"] == SEED and r["precision"] == "fp32"
-    cap, step = b.engine("refiner_capture"), b.engine("refiner_step")
-    hist = [t.name for t in cap.inputs if t.name == "hist_valid" or ".hist_" in t.name]
-    assert len(hist) == 1 + 2 * r["num_layers"]
-    assert cap.state_map == {f"{h}.out": h for h in hist}  # the history chains through the capture graph
-    assert set(hist) <= {t.name for t in step.inputs}
-    assert step.inputs[0].shape == (1, C, 3, H, W) and step.outputs[0].name == "velocity"
-    assert b.engine("refiner_sink").inputs[0].shape == (1, C, 1, H, W)
+    assert r["kv_dtype"] == "float32"
+    m = json.loads((bundle_dir / "manifest.json").read_text())["engines"]["refiner"]
+    assert [(p["name"], p["dims"]) for p in m["profiles"]] == [("sink", {"n": 1}), ("block", {"n": 3})]
+    assert e.state_map == {}  # the carried state lives in the runtime's pool, written by copies
+    ins = {t.name: t.shape for t in e.inputs}
+    assert ins["latents"] == (1, C, "n", H, W) and ins["kv_valid"] == ((1 + 10) * H * W,)
+    k_new = next(t for t in e.outputs if t.name == new_kv_names(0)[0])
+    assert k_new.shape[2] == f"n*{H * W}"
+
+
+def test_bundle_weight_bytes_are_the_parameter_bytes(bundle_dir):
+    """One weight set: the ONNX external data holds the refiner's float32 parameters once (within 5%)."""
+    core, _ = _torch_core(bundle_dir)
+    params = sum(p.numel() * p.element_size() for p in core.parameters())
+    params += sum(b.numel() * b.element_size() for b in core.buffers())
+    data = sum(f.stat().st_size for f in bundle_dir.glob("*.onnx.data"))
+    print(f"refiner bundle weights {data} B vs parameters {params} B (ratio {data / params:.3f})")
+    assert abs(data - params) <= 0.05 * params, (data, params)
 
 
 def _torch_core(bundle_dir):
@@ -71,7 +86,7 @@ def test_runtime_refiner_stage_on_ort_equals_torch_refine_stream(bundle_dir):
 
     core, r = _torch_core(bundle_dir)
     ex = {n: load_executor(bundle_dir, n, "onnxruntime") for n in REFINER_ENGINES}
-    stage = RefinerStage.from_executors(ex, layout=r)  # default seed 42
+    stage = RefinerStage.from_executors(ex, layout=r)  # default seed 42, host memory pool
     g = np.random.default_rng(0)
     T = 1 + 3 * BLOCKS
     z = g.standard_normal((1, C, T, H, W)).astype(np.float32)
@@ -118,12 +133,12 @@ def test_session_over_real_refiner_engines_saves_and_resumes(bundle_dir, tmp_pat
               "refiner.features": g.standard_normal((1, 16, 24)).astype(np.float32), "refiner.mask": np.ones((1, 16), np.float32)}
     cam = (g.standard_normal((10, 20)).astype(np.float32), g.standard_normal((48, 10, H, W)).astype(np.float32))
     lat = g.standard_normal((1, C, 1, H, W)).astype(np.float32)
-    want = list(rt.start(lat, prompt, cam, seed=2))
+    want = list(rt.start(lat, prompt, cam, seed=2, keep_latents=True))  # refined latents live in the pool
     assert all(rel_error(c.latents, c.refined) > 1e-3 for c in want)
     s = rt.start(lat, prompt, cam, seed=2)
     first = next(s)
     p = s.save(tmp_path / "s.npz")
-    rest = list(Session.resume(p, Runtime(CFG, ex, refiner_layout=r, refiner_seed=5)))
+    rest = list(Session.resume(p, Runtime(CFG, ex, refiner_layout=r, refiner_seed=5), keep_latents=True))
     for a, b in zip(want, [first] + rest):
         np.testing.assert_array_equal(a.refined, b.refined)
 
@@ -137,8 +152,9 @@ def test_default_engines_and_flags():
     assert a.weight_streaming == list(REFINER_ENGINES)
     a = parse_args(["--random", "--out", "x", "--backends", "tensorrt", "--weight-streaming", "generator"])
     assert a.weight_streaming == ["generator"]
-    for bad in (["--checkpoint", "c.pth", "--out", "x", "--engines", "refiner_step"],  # no refiner weights
-                ["--random", "--out", "x", "--no-refiner", "--engines", "refiner_step"],
+    for bad in (["--checkpoint", "c.pth", "--out", "x", "--engines", "refiner"],  # no refiner weights
+                ["--random", "--out", "x", "--no-refiner", "--engines", "refiner"],
+                ["--random", "--out", "x", "--engines", "refiner_step"],  # the three-engine refiner is gone
                 ["--random", "--out", "x", "--weight-streaming"],  # onnxruntime only: nothing to stream
                 ["--random", "--out", "x", "--backends", "tensorrt", "--weight-streaming", "nope"]):
         with pytest.raises(click.UsageError):
@@ -146,7 +162,7 @@ def test_default_engines_and_flags():
 
 
 def test_weight_streaming_reaches_build_engine(monkeypatch, tmp_path, bundle_dir):
-    """--weight-streaming passes weight_streaming=True to build_engine for the refiner engines only and keys the
+    """--weight-streaming passes weight_streaming=True to build_engine for the listed engines only and keys the
     plan stage on it (fake TensorRT: the real build needs tensorrt / tensorrt_rtx)."""
     import shutil
     import types
@@ -169,11 +185,10 @@ def test_weight_streaming_reaches_build_engine(monkeypatch, tmp_path, bundle_dir
     monkeypatch.setattr(build_mod, "build_engine", fake_build)
     monkeypatch.setattr(trt_mod, "import_trt", lambda b: types.SimpleNamespace(__version__="0"))
     assert main(["--random", "--config", "tiny", "--seed", str(SEED), "--out", str(out), "--backends",
-                 "onnxruntime,tensorrt_rtx", "--engines", "refiner_step,refiner_capture",
-                 "--weight-streaming", "refiner_step"]) == 0
-    assert calls == {"refiner_step": True, "refiner_capture": False}
+                 "onnxruntime,tensorrt_rtx", "--engines", "refiner,toy", "--weight-streaming", "refiner"]) == 0
+    assert calls == {"refiner": True, "toy": False}
     m = json.loads((out / "manifest.json").read_text())["engines"]
-    assert m["refiner_step"]["files"]["tensorrt_rtx"]["build"]["weight_streaming"] is True
+    assert m["refiner"]["files"]["tensorrt_rtx"]["build"]["weight_streaming"] is True
 
 
 @pytest.mark.slow
@@ -240,3 +255,19 @@ def test_runtime_load_uses_the_refiner_unless_disabled(tmp_path, bundle_dir):
     for a, p in zip(on, plain):
         np.testing.assert_array_equal(a.latents, p.latents)
         assert p.refined is p.latents and rel_error(a.latents, a.refined) > 1e-3
+
+
+def test_tensorrt_rtx_builds_the_one_refiner_engine_with_both_profiles(tmp_path, bundle_dir):
+    """A real TensorRT-RTX AOT build (CPU, no GPU needed) accepts the graph with its symbolic frame axis at both
+    profiles (sink n = 1, block n = 3); the manifest records the plan and the profiles."""
+    import shutil
+
+    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed")
+    out = tmp_path / "b"
+    shutil.copytree(bundle_dir, out)  # ONNX stage up to date: only the plan is built
+    assert main(["--random", "--config", "tiny", "--seed", str(SEED), "--out", str(out), "--backends",
+                 "onnxruntime,tensorrt_rtx", "--rtx-targets", "sm_89", "--engines", "refiner"]) == 0
+    m = json.loads((out / "manifest.json").read_text())["engines"]["refiner"]
+    assert m["files"]["tensorrt_rtx"]["build"]["version"] == trt.__version__
+    assert (out / m["files"]["tensorrt_rtx"]["path"]).stat().st_size > 0
+    assert [p["name"] for p in m["profiles"]] == ["sink", "block"]

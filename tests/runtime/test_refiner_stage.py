@@ -1,19 +1,23 @@
-"""Refiner stage on numpy fake engines: block/chunk alignment, sink once, per-block seeded noise, history
-chaining and trim, save/resume equality (stage and whole session), ``refiner=False``, text plumbing,
-weight-streaming option plumbing (torch-free)."""
+"""Refiner stage on a numpy fake of the one refiner engine: block/chunk alignment, sink once, per-block seeded
+noise, the history ring (fill, wrap, trim, mask), save/resume equality (stage and whole session), ``refiner=False``,
+text plumbing, weight-streaming option plumbing (torch-free)."""
 
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from sanawm.config import tiny
+from sanawm.engines.base import Executor
+from sanawm.engines.host import HostStep
+from sanawm.refiner_layout import RefinerLayout
 from sanawm.runtime import PromptEmbeddings, Runtime, Session
 from sanawm.runtime.refiner_stage import RefinerStage, refiner_text_from
 from sanawm.runtime.stages import Chunk, PassThroughRefiner
-from sanawm.spec import TensorSpec
+from sanawm.spec_refiner import refiner_engine_io, refiner_profiles
 
 from .fakes import FakeDecoder, fake_generators
 
@@ -27,60 +31,54 @@ LAYOUT = {"layout": {"block_size": 3, "kv_max_frames": KV_MAX, "sink_frames": 1}
           "timestep_scale_multiplier": 1000.0}
 
 
-def _f(name, shape, dtype="float32"):
-    return TensorSpec(name, dtype, tuple(shape))
+class FakeRefiner(Executor):
+    """Fake of the one ``refiner`` engine with ``refiner_engine_io``'s contract (1 layer, profiles sink / block).
 
+    ``k_new`` holds frame index + 1 per token on block calls (so the ring's content is readable) and
+    latents.mean() + 1 on the sink call; the velocity depends on x, sink, the valid history, text, timestep and the
+    sink position; ``latents.out`` is the engine's Euler step."""
 
-class _Fake:
-    def __init__(self, name, inputs, outputs, state_map=None):
-        self.name, self.inputs, self.outputs, self.state_map = name, tuple(inputs), tuple(outputs), dict(state_map or {})
-        self.calls: list[dict] = []
+    backend = "fake"
 
-    def run(self, feeds):
-        assert set(feeds) == {t.name for t in self.inputs}, (self.name, sorted(feeds))
-        for t in self.inputs:
-            a = feeds[t.name]
-            assert a.dtype == np.dtype(t.dtype) and a.shape == t.shape, (self.name, t.name, a.dtype, a.shape)
-        self.calls.append({k: np.array(v, copy=True) for k, v in feeds.items()})
-        return self.fn(feeds)
+    def __init__(self, kv_max=KV_MAX):
+        self.layout = RefinerLayout(H, W, LT, kv_max_frames=kv_max)
+        dims = SimpleNamespace(num_layers=1, heads=HEADS, head_dim=D, in_channels=C, out_channels=C, caption_channels=CT)
+        io = refiner_engine_io(dims, self.layout)
+        super().__init__("refiner", io.inputs, io.outputs, io.state_map, refiner_profiles(self.layout))
+        self.calls: list[tuple[str, dict]] = []
+
+    def _run(self, f, profile=None):
+        self.calls.append((profile, {k: np.array(v, copy=True) for k, v in f.items()}))
+        n = f["latents"].shape[2]
+        sk = S * self.layout.sink_frames
+        if f["kv_rotate"][0] > 0.5:
+            tok = np.repeat(f["frame_pos"].astype(np.float32) + 1, S)
+            k = np.broadcast_to(tok[None, None, :, None], (1, HEADS, n * S, D))
+            v = np.full((1, HEADS, n * S, D), f["latents"].mean(), np.float32)
+        else:
+            k = np.full((1, HEADS, n * S, D), f["latents"].mean() + 1, np.float32)
+            v = np.full((1, HEADS, n * S, D), f["text"].mean(), np.float32)
+        hist = float((f["l0.hist_k"][0, 0, :, 0] * f["kv_valid"][sk:]).sum())
+        extra = 0.01 * hist + 0.1 * float(f["l0.sink_k"].mean()) + 0.05 * float(f["l0.sink_v"].mean())
+        extra += 1e-4 * float(f["timestep"][0]) + 0.01 * float(f["sink_pos"][0])
+        m = f["mix"][0]
+        x = ((np.float32(1) - m) * f["latents"] + m * f["noise"]).astype(np.float32)
+        vel = (0.5 * x + np.float32(extra)).astype(np.float32)
+        s, dt = f["sigma"][0], f["dt"][0]
+        x0 = x - vel * s
+        out = x0 if s <= 1e-6 else x + dt * ((x - x0) / s)
+        return {"latents.out": out.astype(np.float32), "l0.k_new": k.astype(np.float32), "l0.v_new": v.astype(np.float32)}
+
+    def of(self, profile, sigma0=None):
+        """Recorded calls of one profile; ``sigma0``: only the commit passes (True) or the denoising ones (False)."""
+        out = [c for p, c in self.calls if p == profile]
+        if sigma0 is not None:
+            out = [c for c in out if (c["sigma"][0] == 0) == sigma0]
+        return out
 
 
 def fake_refiner():
-    """Fake sink/step/capture with refiner_io's contract (1 layer). The history K holds frame index + 1 per
-    token, so the window content is readable; the velocity depends on x, sink, history, text and timestep."""
-    text = [_f("text", (1, LT, CT)), _f("text_mask", (1, LT))]
-    kv = [_f("l0.sink_k", (1, HEADS, S, D)), _f("l0.sink_v", (1, HEADS, S, D)),
-          _f("l0.hist_k", (1, HEADS, HIST * S, D)), _f("l0.hist_v", (1, HEADS, HIST * S, D))]
-    common = [_f("frame_pos", (3,), "int64"), _f("sink_pos", (1,), "int64"), *text, _f("hist_valid", (HIST * S,))]
-    sink = _Fake("refiner_sink", [_f("latents", (1, C, 1, H, W)), _f("sink_pos", (1,), "int64"), *text], kv[:2])
-    sink.fn = lambda f: {"l0.sink_k": np.full((1, HEADS, S, D), f["latents"].mean() + 1, np.float32),
-                         "l0.sink_v": np.full((1, HEADS, S, D), f["text"].mean(), np.float32)}
-    step = _Fake("refiner_step", [_f("latents", (1, C, 3, H, W)), _f("timestep", (1,)), *common, *kv],
-                 [_f("velocity", (1, C, 3, H, W))])
-
-    def velocity(f):
-        hist = float((f["l0.hist_k"][0, 0, :, 0] * f["hist_valid"]).sum())
-        extra = 0.01 * hist + 0.1 * float(f["l0.sink_k"].mean()) + 0.05 * float(f["l0.sink_v"].mean())
-        extra += 1e-4 * float(f["timestep"][0]) + 0.01 * float(f["sink_pos"][0])
-        return {"velocity": (0.5 * f["latents"] + np.float32(extra)).astype(np.float32)}
-
-    step.fn = velocity
-    sm = {"hist_valid.out": "hist_valid", "l0.hist_k.out": "l0.hist_k", "l0.hist_v.out": "l0.hist_v"}
-    cap = _Fake("refiner_capture", [_f("latents", (1, C, 3, H, W)), *common, *kv],
-                [_f("hist_valid.out", (HIST * S,)), _f("l0.hist_k.out", (1, HEADS, HIST * S, D)),
-                 _f("l0.hist_v.out", (1, HEADS, HIST * S, D))], sm)
-
-    def capture(f):
-        n = 3 * S
-        tok = np.repeat(f["frame_pos"].astype(np.float32) + 1, S)
-        new_k = np.broadcast_to(tok[None, None, :, None], (1, HEADS, n, D))
-        new_v = np.broadcast_to(f["latents"].mean(), (1, HEADS, n, D))
-        return {"hist_valid.out": np.concatenate([f["hist_valid"], np.ones(n, np.float32)])[n:],
-                "l0.hist_k.out": np.concatenate([f["l0.hist_k"], new_k], 2)[:, :, n:].astype(np.float32),
-                "l0.hist_v.out": np.concatenate([f["l0.hist_v"], new_v], 2)[:, :, n:].astype(np.float32)}
-
-    cap.fn = capture
-    return {"refiner_sink": sink, "refiner_step": step, "refiner_capture": cap}
+    return {"refiner": FakeRefiner()}
 
 
 def clip(T=13, seed=0):
@@ -107,44 +105,59 @@ def test_blocks_align_with_chunks_sink_once_and_noise_in_block_order():
     # chunk 0 passes [raw frame 0 ; refined block 0]; refined frames differ from stage 1
     assert np.array_equal(out[0][:, :, :1], z[:, :, :1])
     assert not np.allclose(out[0][:, :, 1:], z[:, :, 1:4])
-    # sink captured once, from raw frame 0 at position 0
-    assert len(ex["refiner_sink"].calls) == 1
-    assert np.array_equal(ex["refiner_sink"].calls[0]["latents"], z[:, :, :1])
-    assert ex["refiner_sink"].calls[0]["sink_pos"].tolist() == [0]
-    # 3 Euler steps per block at sigma x 1000, then one capture; block k = frames [1+3k, 4+3k)
-    steps, caps = ex["refiner_step"].calls, ex["refiner_capture"].calls
-    assert len(steps) == 12 and len(caps) == 4
+    # sink captured once, from raw frame 0 at position 0, every prefix key masked, pre-RoPE K out
+    ref = ex["refiner"]
+    sinks = ref.of("sink")
+    assert len(sinks) == 1 and ref.calls[0][0] == "sink"
+    assert np.array_equal(sinks[0]["latents"], z[:, :, :1])
+    assert sinks[0]["sink_pos"].tolist() == [0] and sinks[0]["frame_pos"].tolist() == [0]
+    assert not sinks[0]["kv_valid"].any() and sinks[0]["kv_rotate"][0] == 0 and sinks[0]["sigma"][0] == 0
+    # 3 Euler steps per block at sigma x 1000, then one commit pass; block k = frames [1+3k, 4+3k)
+    steps, caps = ref.of("block", sigma0=False), ref.of("block", sigma0=True)
+    assert len(steps) == 12 and len(caps) == 4 and len(ref.calls) == 17
     ts = [np.float32(s * 1000.0) for s in SIGMAS[:3]]
     assert [c["timestep"][0] for c in steps[:3]] == ts
+    assert [c["dt"][0] for c in steps[:3]] == [np.float32(SIGMAS[i + 1]) - np.float32(SIGMAS[i]) for i in range(3)]
     assert [c["frame_pos"].tolist() for c in caps] == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
-    # the first step of block k starts from (1 - s0) z + s0 eps_k, eps_k the k-th draw of PCG64(42)
+    assert all(c["kv_rotate"][0] == 1 for c in steps + caps)
+    # the first step of block k gets the clean block z_k, eps_k (the k-th draw of PCG64(42)) and mix = s0, so it
+    # starts from (1 - s0) z + s0 eps; the later calls mix nothing in
     rng = np.random.Generator(np.random.PCG64(42))
+    s0 = np.float32(SIGMAS[0])  # the float32 sigma, as the torch oracle's scheduler holds it
     for k in range(4):
         eps = rng.standard_normal((1, C, 3, H, W), dtype=np.float32)
-        clean = z[:, :, 1 + 3 * k: 4 + 3 * k]
-        s0 = float(np.float32(SIGMAS[0]))  # the float32 sigma, as the torch oracle's scheduler holds it
-        want = ((1.0 - s0) * clean + s0 * eps).astype(np.float32)
-        np.testing.assert_array_equal(steps[3 * k]["latents"], want)
-        np.testing.assert_array_equal(caps[k]["latents"], out[k][:, :, -3:])  # capture sees the refined block
+        np.testing.assert_array_equal(steps[3 * k]["latents"], z[:, :, 1 + 3 * k: 4 + 3 * k])
+        np.testing.assert_array_equal(steps[3 * k]["noise"], eps)
+        assert steps[3 * k]["mix"][0] == s0 and all(c["mix"][0] == 0 for c in steps[3 * k + 1: 3 * k + 3])
+        np.testing.assert_array_equal(caps[k]["latents"], out[k][:, :, -3:])  # the commit sees the refined block
+        assert caps[k]["mix"][0] == 0
 
 
-def test_history_chains_through_capture_and_trims_to_kv_max():
+def test_history_ring_holds_the_last_frames_and_masks_the_rest():
     st, ex = new_stage()
     for c in chunks_of(clip()):
         st.process(c)
-    caps = ex["refiner_capture"].calls
+    ref = ex["refiner"]
+    caps = ref.of("block", sigma0=True)
+    steps = ref.of("block", sigma0=False)
     for k, call in enumerate(caps):
         hist_frames = min(3 * k, HIST)
         # sink re-rotated just before the history window: block_start - history_frames - sink
         assert call["sink_pos"].tolist() == [1 + 3 * k - hist_frames - 1], k
-        valid = call["hist_valid"]
-        assert valid.sum() == hist_frames * S and (valid[: (HIST - hist_frames) * S] == 0).all()  # right-aligned
-        # the window holds the last `hist_frames` refined frames (token value = frame + 1), oldest first
-        held = call["l0.hist_k"][0, 0, (HIST - hist_frames) * S:, 0].reshape(hist_frames, S)[:, 0]
-        assert held.tolist() == [float(f + 1) for f in range(1 + 3 * k - hist_frames, 1 + 3 * k)], k
-        for s_call in ex["refiner_step"].calls[3 * k: 3 * k + 3]:  # the step reads the same window
+        valid = call["kv_valid"]
+        assert valid[:S].all() and valid[S:].sum() == hist_frames * S  # the sink, then the ring's held frames
+        # the ring holds exactly the last `hist_frames` refined frames (token value = frame + 1), in any slot order
+        held = call["l0.hist_k"][0, 0, :, 0].reshape(HIST, S)[:, 0][valid[S:].reshape(HIST, S)[:, 0] > 0]
+        assert sorted(held.tolist()) == [float(f + 1) for f in range(1 + 3 * k - hist_frames, 1 + 3 * k)], k
+        assert (call["l0.sink_k"] == z_mean_plus_one(ex)).all()  # the sink pass's K, copied once
+        for s_call in steps[3 * k: 3 * k + 3]:  # the denoising calls read the same ring and mask
             np.testing.assert_array_equal(s_call["l0.hist_k"], call["l0.hist_k"])
+            np.testing.assert_array_equal(s_call["kv_valid"], valid)
     assert st.hist_frames == HIST and st.blocks_done == 4
+
+
+def z_mean_plus_one(ex):
+    return np.float32(ex["refiner"].of("sink")[0]["latents"].mean() + 1)
 
 
 @pytest.mark.parametrize("stop_after", [1, 2])
@@ -167,6 +180,10 @@ def test_save_resume_gives_identical_refined_latents(stop_after):
     # a different seed really changes the output (the check above is not vacuous)
     other, _ = new_stage(seed=43)
     assert not np.array_equal(other.process(chunks_of(z)[0]).refined, want[0])
+    # a snapshot of the three-engine refiner (no pool) is refused with the rebuild command
+    old = {k: v for k, v in state.items() if not k.startswith("pool/")}
+    with pytest.raises(ValueError, match="older bundle.*--engines refiner"):
+        new_stage()[0].load_state_dict(old)
 
 
 def test_out_of_order_and_misaligned_chunks_are_errors():
@@ -184,6 +201,8 @@ def test_out_of_order_and_misaligned_chunks_are_errors():
 def test_layout_disagreeing_with_engines_is_reported():
     with pytest.raises(ValueError, match="different exports"):
         RefinerStage.from_executors(fake_refiner(), layout={**LAYOUT, "layout": {"kv_max_frames": 11}})
+    with pytest.raises(ValueError, match="profiles sink / block"):
+        RefinerStage(HostStep(FakeRefiner()), layout=LAYOUT)  # no profiles: not the one-engine contract
 
 
 def test_refiner_text_from_files_dicts_and_objects(tmp_path):
@@ -282,15 +301,15 @@ def test_weight_streaming_budget_reaches_only_streamed_trt_engines():
 
     class FakeBundle:
         def build_info(self, name, backend):
-            return {"weight_streaming": name.startswith("refiner_")}
+            return {"weight_streaming": name == "refiner"}
 
     b = FakeBundle()
-    assert engine_options(b, "refiner_step", "tensorrt_rtx", {"use_cuda_graph": True}, 0.5) == {
+    assert engine_options(b, "refiner", "tensorrt_rtx", {"use_cuda_graph": True}, 0.5) == {
         "use_cuda_graph": True, "weight_streaming_budget": 0.5}
     assert engine_options(b, "generator_next", "tensorrt_rtx", {}, 0.5) == {}
     assert engine_options(b, "generator_next", "tensorrt_rtx", {}, None) == {}
     with pytest.raises(ValueError, match="TensorRT plans only"):
-        engine_options(b, "refiner_step", "onnxruntime", {}, 0.5)
+        engine_options(b, "refiner", "onnxruntime", {}, 0.5)
 
     class FakeEngine:
         streamable_weights_size = 1000
@@ -327,7 +346,7 @@ def test_weight_streaming_budget_reaches_only_streamed_trt_engines():
 
     from types import SimpleNamespace
 
-    ex = TensorRTEngine("refiner_step", "x.plan", (), (), weight_streaming_budget=0.5)
+    ex = TensorRTEngine("refiner", "x.plan", (), (), weight_streaming_budget=0.5)
     ex.engine = Eng()
     ex._trt = SimpleNamespace(ExecutionContextAllocationStrategy=SimpleNamespace(USER_MANAGED="user"))
     with pytest.raises(ExecutorError, match="create_execution_context failed"):

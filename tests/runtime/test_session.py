@@ -74,19 +74,18 @@ def test_missing_decoder_gives_latents_only_and_refiner_passes_through():
     assert set(chunks[0].timings) == {"generator", "refiner"}
 
 
-def test_refiner_engines_without_a_refiner_stage_warn_and_pass_through():
+def test_the_three_engine_refiner_is_refused_with_the_rebuild_command():
     rt = make_runtime(decoder=False)
     rt.executors["refiner_step"] = object()
     rt.executors["refiner_sink"] = object()
-    with pytest.warns(UserWarning, match="no refiner stage"):
-        s = start(rt)
-    assert next(s).refined is not None
-    rt.refiner = False  # --no-refiner: no warning
+    with pytest.raises(ValueError, match="three engines.*--engines refiner"):
+        start(rt)
+    rt.refiner = False  # --no-refiner: the old engines are not used, no error or warning
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        start(rt)
+        assert next(start(rt)).refined is not None
 
 
 def test_half_a_decoder_is_an_error():

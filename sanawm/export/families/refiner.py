@@ -1,4 +1,5 @@
-"""Export spec of the stage-2 refiner: its three engines, feeds, calibration over the AR loop, manifest section."""
+"""Export spec of the stage-2 refiner: its ONE engine (profiles sink / block), feeds, calibration over the AR loop,
+manifest section."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from ...constants import REFINER_CAPTURE, REFINER_SINK, REFINER_STEP, STAGE_2_SIGMAS
+from ...constants import REFINER, STAGE_2_SIGMAS
 from ..job import EngineJob, ExportInputError, json_config, sha256_path
 
 log = logging.getLogger("sanawm.export")
@@ -93,55 +94,57 @@ def refiner_calibration(layout, sigmas, blocks: int, seed: int = 4321) -> Callab
     return loop
 
 
-def refiner_feeds(core, layout, kind: str, seed: int = 8) -> dict[str, np.ndarray]:
-    """Plausible feeds for tracing and the ORT check: block 1 (frames 4..6) after one block of history."""
-    from ...models.refiner import refiner_io, sink_rope_offset
+def refiner_feeds(core, layout, profile: str, seed: int = 8, kv_dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Plausible feeds of the one engine at ``profile``: the sink pass (every prefix key masked, pre-RoPE K out), or
+    block 1 (frames 4..6) at sigma 0.725 after one block of history in the ring."""
+    from ...models.refiner import sink_rope_offset
+    from ...spec_refiner import BLOCK, refiner_engine_io, refiner_profiles
     from ..onnx import random_inputs
 
-    io = refiner_io(core, layout, kind)
+    io = refiner_engine_io(core, layout, kv_dtype).concrete(refiner_profiles(layout)[profile])
     f = random_inputs(io, seed)
     n, sk, S = layout.block_size, layout.sink_frames, layout.tokens_per_frame
-    start = sk + n
-    if "frame_pos" in f:
+    valid = np.zeros(sk * S + layout.history_tokens, np.float32)
+    if profile == BLOCK:
+        start, sigma, nxt = sk + n, 0.725, 0.421875
+        hist = min(n, layout.history_frames)
+        off = sink_rope_offset(start, hist, sk)
+        valid[: (sk + hist) * S] = 1
         f["frame_pos"] = np.arange(start, start + n, dtype=np.int64)
-    if kind == "sink":
-        f["sink_pos"] = np.arange(sk, dtype=np.int64)
-    elif "sink_pos" in f:
-        off = sink_rope_offset(start, min(n, layout.history_frames), sk)
         f["sink_pos"] = np.arange(off, off + sk, dtype=np.int64)
-    if "hist_valid" in f:
-        v = np.zeros(layout.history_tokens, np.float32)
-        v[-min(n, layout.history_frames) * S:] = 1
-        f["hist_valid"] = v
-    if "timestep" in f:
-        f["timestep"] = np.array([0.725 * core.timestep_scale_multiplier], np.float32)
+    else:
+        sigma = nxt = 0.0
+        f["frame_pos"] = f["sink_pos"] = np.arange(sk, dtype=np.int64)
+    f["kv_valid"] = valid
+    f["timestep"] = np.array([sigma * core.timestep_scale_multiplier], np.float32)
+    f["sigma"] = np.array([sigma], np.float32)
+    f["dt"] = np.array([nxt - sigma], np.float32)
+    f["kv_rotate"] = np.array([1.0 if profile == BLOCK else 0.0], np.float32)
     return f
 
 
-def refiner_jobs(core, layout, sigmas, names, calib_blocks: int, key: dict) -> list[EngineJob]:
-    from ...models.refiner import RefinerSinkCapture, RefinerStep, refiner_io
-    from ..onnx import FIXED_SHAPE_NOTE
+def refiner_jobs(core, layout, sigmas, names, calib_blocks: int, key: dict, kv_dtype: str = "float32") -> list[EngineJob]:
+    """The one ``refiner`` engine: sink capture, denoising steps (Euler inside) and the history commit."""
+    from ...models.refiner.engine import RefinerEngine
+    from ...spec_refiner import BLOCK, FRAME_DIM, refiner_profiles
 
-    mods = {REFINER_SINK: ("sink", lambda: RefinerSinkCapture(core)), REFINER_STEP: ("step", lambda: RefinerStep(core)),
-            REFINER_CAPTURE: ("capture", lambda: RefinerStep(core, capture=True))}
-    notes = {
-        "sink": "raw stage-1 frame(s) [0, sink) -> per-layer pre-RoPE sink K/V (once per clip)",
-        "step": "one block at one sigma under [sink ; history ; block] attention -> velocity",
-        "capture": "refined block at sigma 0 -> history window shifted by one block (hist_*.out -> hist_*)",
-    }
-    calib = refiner_calibration(layout, sigmas, calib_blocks)
-    jobs = []
-    for name in names:
-        kind, make = mods[name]
-        io = refiner_io(core, layout, kind)
-        jobs.append(EngineJob(name, name, make().eval(), io, calib, (lambda kind=kind: refiner_feeds(core, layout, kind)),
-                              f"{notes[kind]}; {FIXED_SHAPE_NOTE}", None, key))
-    return jobs
+    if list(names) != [REFINER]:
+        raise ExportInputError(f"the refiner is one engine, {REFINER!r}; got {list(names)}")
+    module = RefinerEngine(core, layout, kv_dtype).eval()
+    profiles = refiner_profiles(layout)
+    n = sorted(p[FRAME_DIM] for p in profiles.values())
+    note = ("one engine, one weight set: profile sink (raw sink frame(s), every prefix key masked, pre-RoPE K/V out) "
+            "and block (one block under [sink ; history ring ; block]: Euler step inside, sigma in, latents.out out; "
+            "the sigma-0 commit pass returns the block's post-RoPE K/V, copied into the runtime's history ring)")
+    return [EngineJob(REFINER, REFINER, module, module.io, refiner_calibration(layout, sigmas, calib_blocks),
+                      lambda: refiner_feeds(core, layout, BLOCK, kv_dtype=kv_dtype), note, None, key,
+                      profiles=profiles, dims={FRAME_DIM: (n[0], n[-1])},
+                      profile_samples=lambda prof: refiner_feeds(core, layout, prof, seed=11, kv_dtype=kv_dtype))]
 
 
 def prepare_refiner(refiner_path, seed: int, cfg, precision: str, names, caption_length: int | None,
                     kv_max_frames: int, fps: float, calib_chunks: int,
-                    calibrated: bool) -> tuple[list[EngineJob], dict]:
+                    calibrated: bool, kv_dtype: str = "float32") -> tuple[list[EngineJob], dict]:
     """Load (``refiner_path``) or build (seeded tiny random) the refiner; its jobs and the manifest's section."""
     from ...models.refiner import RefinerCore, RefinerLayout, make_tiny_refiner_transformer
 
@@ -168,7 +171,8 @@ def prepare_refiner(refiner_path, seed: int, cfg, precision: str, names, caption
         raise ExportInputError(str(e)) from e
     sigmas = STAGE_2_SIGMAS
     info = refiner_section(core, layout, transformer, sigmas, rsrc, precision)
+    info["kv_dtype"] = kv_dtype
     calib_blocks = max(1, calib_chunks) + 1
     key = {"refiner_source": rsrc, "refiner_config": info["config"], "refiner_layout": info["layout"],
-           "fps": fps, "calib_blocks": calib_blocks if calibrated else None}
-    return refiner_jobs(core, layout, sigmas, names, calib_blocks, key), info
+           "fps": fps, "calib_blocks": calib_blocks if calibrated else None, "kv_dtype": kv_dtype}
+    return refiner_jobs(core, layout, sigmas, names, calib_blocks, key, kv_dtype), info

@@ -21,19 +21,21 @@ Layer maths reuses the diffusers block's submodules (linears, norms, FFN, tables
 K/V plumbing are written here.
 
 Modules by job: ``loading`` (configs, checkpoints), ``rope``, ``layer`` (one layer
-and the stack), ``steps`` (the exported step modules and their I/O), ``stream`` (the torch AR loop).
+and the stack), ``steps`` (the step modules and their I/O), ``stream`` (the torch AR loop, the oracle), ``engine``
+(``RefinerEngine``: the ONE exported graph, sink / block profiles, ``sanawm.spec_refiner`` contract).
 """
 
 from ...constants import STAGE_2_SIGMAS
 from .layer import MASK_NEG, RefinerCore, RefinerLayer
 from ...refiner_layout import RefinerLayout
+from .engine import RefinerEngine
 from .loading import load_refiner_transformer, make_tiny_refiner_transformer, tiny_refiner_config
 from .rope import RefinerRope, apply_rope
 from .steps import RefinerSinkCapture, RefinerStep, RefinerTextKV, refiner_io
 from .stream import empty_history, refine_stream, sink_rope_offset
 
 __all__ = [
-    "MASK_NEG", "STAGE_2_SIGMAS", "RefinerCore", "RefinerLayer", "RefinerLayout", "RefinerRope",
+    "MASK_NEG", "STAGE_2_SIGMAS", "RefinerCore", "RefinerEngine", "RefinerLayer", "RefinerLayout", "RefinerRope",
     "RefinerSinkCapture", "RefinerStep", "RefinerTextKV", "apply_rope", "empty_history",
     "load_refiner_transformer", "make_tiny_refiner_transformer", "refine_stream", "refiner_io",
     "sink_rope_offset", "tiny_refiner_config",

@@ -61,19 +61,21 @@ class RefinerLayer(nn.Module):
             o = o * g.transpose(1, 2).unsqueeze(-1)
         return a.to_out[0](_merge(o))
 
-    def forward(self, hs, temb, ctx, text_bias, rope, prefix_k, prefix_v, key_bias, capture_only: bool = False):
+    def forward(self, hs, temb, ctx, text_bias, rope, prefix_k, prefix_v, key_bias, capture_only: bool = False,
+                with_pre_rope: bool = False):
         """hs [1,N,dim]; ctx: projected prompt [1,L,dim] or its precomputed (text_k, text_v); rope (cos, sin)
         of the active tokens; prefix_k/v [1,h,P,D] post-RoPE (or None).
 
-        Returns (hidden, k_post, v) with this layer's post-RoPE K and V of the active tokens.
+        Returns (hidden, k_post, v) with this layer's post-RoPE K and V of the active tokens, and with
+        ``with_pre_rope`` also the pre-RoPE K (what the sink stores).
         """
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.mod_params(temb)
         x = self.norm1(hs) * (1 + scale_msa) + shift_msa
         a = self.attn1
         q = _heads(a.norm_q(a.to_q(x)), self.heads)
-        k, v = self.self_kv(x)
+        k_pre, v = self.self_kv(x)
         q = apply_rope(q, *rope, self.rope_type)
-        k = apply_rope(k, *rope, self.rope_type)
+        k = apply_rope(k_pre, *rope, self.rope_type)
         if capture_only:
             return hs, k, v
         if prefix_k is not None:
@@ -91,7 +93,7 @@ class RefinerLayer(nn.Module):
 
         x = self.norm3(hs) * (1 + scale_mlp) + shift_mlp
         hs = hs + self.ff(x) * gate_mlp
-        return hs, k, v
+        return (hs, k, v, k_pre) if with_pre_rope else (hs, k, v)
 
 
 class RefinerCore(nn.Module):

@@ -1,9 +1,16 @@
 """ONNX Runtime executor: CPU everywhere, CUDA where onnxruntime-gpu is installed (torch-free).
 
-``run_bound`` binds the session pool's buffers with I/O binding: on the CPU every buffer is a numpy array
-wrapped as an ``OrtValue`` over the same memory, so ONNX Runtime reads inputs and writes outputs in place and
-no tensor is copied per call. The bindings are cached per set of addresses (a session binds the same few
-sets over and over: two latents buffers x two state parities x two profiles).
+``run_bound`` binds the session pool's buffers with I/O binding, so ONNX Runtime reads inputs and writes
+outputs where they live and no tensor is copied per call:
+
+* host memory (ONNX Runtime CPU): every buffer is a numpy array wrapped as an ``OrtValue`` over the same memory;
+* device memory (onnxruntime-gpu, CUDA execution provider): every buffer is a device pointer of the session's
+  ``CudaMemory`` pool (the same pool TensorRT uses), bound by address on device "cuda". The pool's stream is
+  synchronised before the run (its uploads and copies precede it) and ONNX Runtime synchronises its own stream
+  before ``run_with_iobinding`` returns, so the two streams never race.
+
+The bindings are cached per set of addresses (a session binds the same few sets over and over: two latents
+buffers x two state parities x two profiles).
 """
 
 from __future__ import annotations
@@ -45,6 +52,14 @@ def default_providers(device: str = "auto") -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
 
 
+def options_device_id(providers) -> int:
+    """The CUDA device id in an explicit provider list (``("CUDAExecutionProvider", {"device_id": N})``), else 0."""
+    for p in providers:
+        if isinstance(p, tuple) and p[0] == "CUDAExecutionProvider":
+            return int(p[1].get("device_id", 0))
+    return 0
+
+
 class OnnxRuntimeExecutor(Executor):
     """Runs an ONNX engine graph with onnxruntime.
 
@@ -77,13 +92,12 @@ class OnnxRuntimeExecutor(Executor):
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
         self.providers = providers or default_providers(device)
-        if self.providers[0] != "CPUExecutionProvider":
-            # device-resident ORT (CUDA EP) needs its buffers as CUDA OrtValues; the pool allocates host
-            # memory only, so the CUDA EP would copy every bound tensor per call. Not offered until it is wired.
-            raise ExecutorError(
-                f"engine {name!r}: onnxruntime with {self.providers[0]} is not wired to the device-resident session "
-                "pool yet; use device='cpu' for ONNX Runtime or the tensorrt / tensorrt_rtx backend on a GPU"
-            )
+        first = self.providers[0] if isinstance(self.providers[0], str) else self.providers[0][0]
+        if first not in ("CPUExecutionProvider", "CUDAExecutionProvider"):
+            raise ExecutorError(f"engine {name!r}: execution provider {first} is not supported; use the CPU or CUDA one")
+        # where the session pool must live for this engine: "cuda" -> CudaMemory device pointers
+        self.memory_kind = "cuda" if first == "CUDAExecutionProvider" else "host"
+        self.device_id = int(options_device_id(self.providers))
         self.session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=self.providers)
         got_in = {i.name for i in self.session.get_inputs()}
         got_out = {o.name for o in self.session.get_outputs()}
@@ -109,6 +123,7 @@ class OnnxRuntimeExecutor(Executor):
         if io is None:
             io = self._bind(bindings, profile)
             self._bindings[key] = io
+        bindings[self._in_names[0]].memory.synchronize()  # the pool's uploads / copies come first
         self.session.run_with_iobinding(io)
 
     def _bind(self, bindings, profile):
@@ -116,7 +131,15 @@ class OnnxRuntimeExecutor(Executor):
         io = self.session.io_binding()
         for t in want.inputs + want.outputs:
             buf = bindings[t.name]
+            if isinstance(buf.handle, (int, np.integer)):  # a pointer of a pointer-addressed pool (CUDA)
+                self._bind_pointer(io, t, buf, is_input=t in want.inputs, profile=profile)
+                continue
             arr = buf.handle
+            if self.memory_kind == "cuda":
+                raise ExecutorError(
+                    f"engine {self.name!r} runs on the CUDA execution provider but {t.name!r} is host memory; "
+                    "load it through Runtime.load, which puts the session pool in device memory"
+                )
             if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(t.dtype) or tuple(arr.shape) != t.shape:
                 raise ExecutorError(
                     f"engine {self.name!r}: bound {t.name!r} is {getattr(arr, 'dtype', type(arr).__name__)}"
@@ -129,6 +152,17 @@ class OnnxRuntimeExecutor(Executor):
                 io.bind_ortvalue_output(t.name, value)
         self.binding_builds += 1
         return io
+
+    def _bind_pointer(self, io, t: TensorSpec, buf, *, is_input: bool, profile) -> None:
+        """Bind a buffer by address: device "cuda" on the CUDA execution provider, "cpu" for a host pointer."""
+        if buf.dtype != t.dtype or buf.shape != tuple(t.shape):
+            raise ExecutorError(
+                f"engine {self.name!r}: bound {t.name!r} is {buf.dtype}{list(buf.shape)}, the engine takes "
+                f"{t.dtype}{list(t.shape)} at profile {profile!r}"
+            )
+        where = "cuda" if self.memory_kind == "cuda" else "cpu"
+        bind = io.bind_input if is_input else io.bind_output
+        bind(t.name, where, self.device_id, np.dtype(t.dtype), list(t.shape), int(buf.handle))
 
     def close(self) -> None:
         self._bindings = {}

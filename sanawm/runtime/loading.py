@@ -4,7 +4,8 @@
 version and GPU are detected and every plan is checked against them (a plan built for another GPU or version
 is refused with the rebuild command), every engine is deserialized (weights go to the device once), one
 activation arena sized for the largest engine is allocated and shared by all of them (they run one after
-another on one stream), and the contexts are created. ONNX Runtime CPU sessions work on host memory.
+another on one stream), and the contexts are created. ONNX Runtime CPU sessions work on host memory; ONNX
+Runtime on the CUDA execution provider (onnxruntime-gpu) gets the same ``CudaMemory`` pools TensorRT uses.
 Sessions then allocate their state pools in the same memory when they start, before a caller opens a file.
 """
 
@@ -82,3 +83,16 @@ def activate_on_device(executors: dict, source: str):
         memory.release()
         raise
     return memory
+
+
+def onnxruntime_memory(executors: dict):
+    """The memory ONNX Runtime sessions' pools live in: ``CudaMemory`` when the engines run on the CUDA execution
+    provider (their buffers are bound by device pointer), else None (host memory)."""
+    kinds = {getattr(ex, "memory_kind", "host") for ex in executors.values()}
+    if kinds == {"host"}:
+        return None
+    if len(kinds) > 1:
+        raise ValueError("ONNX Runtime engines of one runtime must all run on the CPU or all on CUDA; pass one device")
+    from ..engines.cuda_memory import CudaMemory
+
+    return CudaMemory()

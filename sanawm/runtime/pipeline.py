@@ -114,7 +114,7 @@ class Runtime:
         the bundle is checked for existence, sizes and path safety only.
         """
         from ..engines import load_executor
-        from .loading import activate_on_device, bundle_id, open_bundle, plan_options
+        from .loading import activate_on_device, bundle_id, onnxruntime_memory, open_bundle, plan_options
 
         bundle, env = open_bundle(bundle_dir, backend, verify)
         ident = bundle_id(bundle_dir)
@@ -136,7 +136,7 @@ class Runtime:
                 f"{backend} was built with weight streaming; rebuild the large engines with `sanawm-export ... "
                 "--backends tensorrt_rtx --weight-streaming` or drop the budget"
             )
-        memory = activate_on_device(executors, str(bundle_dir)) if env is not None else None
+        memory = activate_on_device(executors, str(bundle_dir)) if env is not None else onnxruntime_memory(executors)
         vae = bundle.manifest.get("vae") or {}
         image_hw = tuple(vae["image_hw"]) if vae.get("image_hw") else None
         try:

@@ -131,3 +131,32 @@ def check_emulated_clip(bundle, refiner: bool):
             assert downloads == {"d2h:decoder.frames", "d2h:latents"}, moved
         rt.close()
         assert dev.live_bytes == 0
+
+
+@pytest.mark.filterwarnings("ignore:the prompt embeddings have no refiner text")
+def test_onnxruntime_binds_a_pointer_addressed_pool(bundle, monkeypatch):
+    """The onnxruntime-gpu path without a GPU: ``Runtime.load`` gives the ONNX Runtime engines a pool addressed by
+    integer pointers (as ``CudaMemory`` is on the CUDA execution provider), the executors bind every buffer by
+    address (device "cpu" here, "cuda" there) and the clip is bit-identical to the numpy-pool clip."""
+    from pointer_memory import HostPointerMemory
+
+    from sanawm.runtime import Runtime, loading
+
+    ref = [(c.latents.copy(), c.frames.copy(), c.refined.copy())
+           for c in run(Runtime.load(bundle, "onnxruntime"), keep_latents=True)]
+    monkeypatch.setattr(loading, "onnxruntime_memory", lambda executors: HostPointerMemory())
+    with Runtime.load(bundle, "onnxruntime") as rt:
+        mem = rt.generator.memory
+        assert isinstance(mem, HostPointerMemory) and "refiner" in rt.executors
+        s, allocs = run(rt, keep_latents=True), []
+        for c in range(CHUNKS):
+            before = mem.traffic.allocations
+            chunk = next(s)
+            allocs.append(mem.traffic.allocations - before)
+            np.testing.assert_array_equal(chunk.latents, ref[c][0])
+            np.testing.assert_array_equal(chunk.frames, ref[c][1])
+            np.testing.assert_array_equal(chunk.refined, ref[c][2])
+        assert allocs[1:] == [0] * (CHUNKS - 1), allocs
+        assert all(isinstance(b.handle, int) for b in mem.buffers)  # nothing fell back to a numpy pool
+        for name in ("generator", "vae_decoder", "refiner"):  # the chunk loop's engines: a few binding sets each
+            assert 0 < rt.executors[name].binding_builds <= 8, (name, rt.executors[name].binding_builds)

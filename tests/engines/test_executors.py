@@ -73,6 +73,18 @@ def test_onnxruntime_executor_from_bundle(bundle_factory, tmp_path):
         ex.run({"x": x.astype(np.float16)})
 
 
+def test_onnxruntime_on_cuda_refuses_a_host_pool(bundle_factory, tmp_path):
+    """On the CUDA execution provider the pool must be device memory (bound by pointer); a numpy pool would be
+    copied on every call, so it is refused with what to do instead."""
+    from sanawm.engines.memory import HostMemory
+
+    ex = load_executor(bundle_factory(tmp_path / "b"), "add", "onnxruntime", device="cpu")
+    ex.memory_kind = "cuda"  # what a CUDAExecutionProvider session sets
+    mem = HostMemory()
+    with pytest.raises(ExecutorError, match="CUDA execution provider.*Runtime.load"):
+        ex.run_bound({"x": mem.alloc("x", "float32", (1, 64)), "y": mem.alloc("y", "float32", (1, 64))})
+
+
 def test_onnxruntime_cuda_refused_without_provider(bundle_factory, tmp_path):
     import onnxruntime as ort
 

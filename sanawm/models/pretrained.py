@@ -189,11 +189,44 @@ def detect_dims(sd: Mapping[str, torch.Tensor], conf: Mapping | None = None, whe
     return dims
 
 
-def detect_checkpoint_config(path, config: str | GeneratorConfig | None = None, kind: str | None = None):
-    """``(config, built-in name or None, official-key state dict, kind)`` of the checkpoint at ``path``."""
+def _header_shapes(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Meta tensors with the shapes in safetensors headers: detection without reading (GBs of) weights."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                out[k] = torch.empty(h.get_slice(k).get_shape(), device="meta")
+    return out
+
+
+def checkpoint_shapes(path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """``(official-key tensors, kind)``: meta tensors from the headers for safetensors, the real tensors for a .pt."""
+    from .loading import _clean_official, _diffusers_dir, convert_diffusers_keys, detect_kind, read_state_dict
+
+    p = Path(path)
+    kind = kind or (detect_kind(p) if p.exists() else None)
+    try:
+        if kind == "official":
+            return _clean_official(_header_shapes([p])), kind
+        if kind == "diffusers":
+            d = _diffusers_dir(p)
+            files = sorted(d.glob("diffusion_pytorch_model*.safetensors"))
+            if files and (d / "config.json").exists():
+                return convert_diffusers_keys(_header_shapes(files)), kind
+    except Exception:  # noqa: BLE001 - unreadable header: the full reader below says what is wrong
+        pass
+    return read_state_dict(path, kind)
+
+
+def detect_checkpoint_config(path, config: str | GeneratorConfig | None = None, kind: str | None = None,
+                             shapes_only: bool = False):
+    """``(config, built-in name or None, official-key state dict, kind)`` of the checkpoint at ``path``;
+    ``shapes_only``: the state dict may hold meta tensors (shapes from the file headers, nothing loaded)."""
     from .loading import _diffusers_dir, read_state_dict
 
-    sd, kind = read_state_dict(path, kind)
+    sd, kind = checkpoint_shapes(path, kind) if shapes_only else read_state_dict(path, kind)
     conf = read_diffusers_config(_diffusers_dir(Path(path))) if kind == "diffusers" else None
     dims = detect_dims(sd, conf, where=str(path))
     cfg, name = resolve_config(dims, config, where=str(path))

@@ -115,7 +115,7 @@ def read_images(items, image_hw) -> tuple[list[np.ndarray], list[str]]:
     frames, names = [], []
     for p in _expand(items, IMAGE_SUFFIXES):
         try:
-            frames.append(resize_and_center_crop(load_image(p), image_hw))
+            frames.append(resize_and_center_crop(load_image(p), image_hw)[0])  # (frame, crop geometry)
         except (UserError, ValueError) as e:
             raise ExportInputError(f"--calib-images: {str(e).replace('--image ', '')}") from None
         names.append(p.name)

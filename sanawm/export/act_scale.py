@@ -49,3 +49,18 @@ def percentile_from_histogram(hist: torch.Tensor, amax: float, pct: float) -> fl
     cdf = torch.cumsum(hist, 0)
     i = int(torch.searchsorted(cdf, torch.tensor(pct / 100.0 * total, dtype=cdf.dtype)))
     return min(amax, (i + 1) * amax / HIST_BINS)
+
+
+def percentile_pass(q, layers, calibrate, pct: float | None) -> None:
+    """Pass 2 of a percentile rule over FP8 wrappers ``layers`` of ``q`` (after the amax pass): histograms, then each
+    layer's ``input_clip``. No-op for the ``max`` rule (``pct`` None)."""
+    if pct is None:
+        return
+    layers = list(layers)
+    for m in layers:
+        m.hist = torch.zeros(HIST_BINS, dtype=torch.float64)
+    with torch.no_grad():
+        calibrate(q)
+    for m in layers:
+        m.input_clip = percentile_from_histogram(m.hist, float(m.input_amax), pct)
+        m.hist = None

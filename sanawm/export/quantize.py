@@ -31,7 +31,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .act_scale import HIST_BINS, act_histogram, parse_act_scale, percentile_from_histogram
+from .act_scale import act_histogram, parse_act_scale, percentile_pass
 
 log = logging.getLogger("sanawm.export")
 
@@ -120,8 +120,7 @@ class _FP8Base(nn.Module):
                 "path of the model (all timesteps, the t = 0 pass, first and later chunks) or exclude the layer"
             )
         amax = float(self.input_amax)
-        if getattr(self, "input_clip", None) is not None:  # percentile rule: clip below the max
-            amax = float(self.input_clip)
+        amax = float(self.input_clip) if getattr(self, "input_clip", None) is not None else amax  # percentile rule
         if amax == 0.0:
             log.warning("layer %s saw only zeros during calibration; input scale set to 1/448", self.qname)
             amax = 1.0
@@ -286,15 +285,7 @@ def quantize_fp8(
         m.mode = "calib"
     with torch.no_grad():
         calibrate(q)
-    pct = parse_act_scale(act_scale)
-    if pct is not None:
-        for m in qs.values():
-            m.hist = torch.zeros(HIST_BINS, dtype=torch.float64)
-        with torch.no_grad():
-            calibrate(q)
-        for m in qs.values():
-            m.input_clip = percentile_from_histogram(m.hist, float(m.input_amax), pct)
-            m.hist = None
+    percentile_pass(q, qs.values(), calibrate, parse_act_scale(act_scale))
     for m in qs.values():
         m.finish_calibration()
     rep = CalibrationReport(names, {n: float(m.input_amax) for n, m in qs.items()}, {n: m.calls for n, m in qs.items()})

@@ -68,6 +68,12 @@ def world_set(cfg, chunks: int) -> CalibrationSet:
                                                       for i, c in enumerate(clips)]})
 
 
+def wants_real_set(a) -> bool:
+    """Whether ``a`` names calibration data (--calib-* flags) or has a default real set (the world model)."""
+    return bool(getattr(a, "calib_prompts", None) or getattr(a, "calib_images", None)
+                or getattr(a, "calib_cameras", None) or getattr(a, "config", None) == "world")
+
+
 def calibration_set(a, cfg) -> CalibrationSet:
     """The set for parsed export options ``a`` (``calib_prompts`` / ``calib_images`` / ``calib_cameras``: lists)."""
     prompts, images, cameras = (list(getattr(a, k, None) or ()) for k in ("calib_prompts", "calib_images", "calib_cameras"))

@@ -21,6 +21,11 @@ records the layout (block size, kv_max_frames, sink frames, sigmas, caption leng
 the runtime needs nothing else. ``--no-refiner`` skips them. ``--weight-streaming`` builds the TensorRT plans of
 the refiner engines (or of the listed engines, or ``all``) with ``BuilderFlag.WEIGHT_STREAMING``.
 
+The generator config is detected from ``--checkpoint`` (``sanawm.models.pretrained``); ``--config`` only picks
+between built-in configs of the same structure and must fit the checkpoint. FP8 calibration data
+(``--calib-prompts/-images/-cameras`` and their defaults, ``sanawm.export.calibration``) and the per-layer policy
+(``--keep-high-precision``, ``--act-scale``; ``sanawm.export.precision_policy``) are recorded in the manifest.
+
 Each stage is skipped when its artifact exists with its recorded hash and unchanged inputs (one log line
 per stage). Engine ``toy`` (``sanawm.export.toy``) is a small stand-in for smoke tests.
 

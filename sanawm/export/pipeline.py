@@ -72,9 +72,13 @@ def _generator_calibration(a, cfg):
     a.calibration = None
     if a.precision not in CALIBRATED_PRECISIONS:
         return None
-    from .calibration import calibration_set, streaming_calibration
+    from .calibration import calibration_set, streaming_calibration, wants_real_set
+    from .calibration_data import random_set
 
-    cset = calibration_set(a, cfg)
+    if a.precision == "fp16" and not wants_real_set(a):  # FP16 range check: real inputs when given, else random
+        cset = random_set()
+    else:
+        cset = calibration_set(a, cfg)
     a.calibration = cset.to_manifest()
     log.info("calibration set: %s (%d clip(s) x %d chunk(s), sha256 %s)", cset.name, cset.clips, a.calib_chunks,
              (cset.sha256 or "-")[:12])

@@ -39,12 +39,20 @@ def _image_hw(cfg, vae) -> tuple[int, int]:
     return cfg.latent_height * s, cfg.latent_width * s
 
 
-def _load_vae(path):
+def _load_vae(path, cfg=None):
     if path is None:
         return None
     from ..models.vae import load_vae
 
-    return load_vae(path)
+    try:
+        vae = load_vae(path)
+        if cfg is not None:
+            from .families.vae import check_vae_matches
+
+            check_vae_matches(vae, cfg, f"--vae {path}")
+    except (OSError, ValueError) as e:
+        raise ExportInputError(str(e)) from None
+    return vae
 
 
 def world_set(cfg, chunks: int) -> CalibrationSet:
@@ -86,7 +94,7 @@ def calibration_set(a, cfg) -> CalibrationSet:
         raise ExportInputError("--calib-prompts/--calib-images/--calib-cameras calibrate a real checkpoint; random "
                                "weights calibrate on random inputs (drop the --calib-* flags or pass --checkpoint)")
     _, F = calib_frames(cfg, a.calib_chunks)
-    vae = _load_vae(a.vae)
+    vae = _load_vae(a.vae, cfg)
     hw = _image_hw(cfg, vae)
     s = CalibrationSet("user" if user else "default")
     if prompts:

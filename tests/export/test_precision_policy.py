@@ -109,3 +109,21 @@ def test_cli_flags_resolve_and_refuse():
         parse_args(["--random", "--out", "b", "--fp8", "--act-scale", "avg"])
     with pytest.raises(click.UsageError, match="random weights calibrate on random inputs"):
         parse_args(["--random", "--out", "b", "--fp8", "--calib-cameras", "w-24"])
+
+
+def test_percentile_scales_and_kept_layer_export_to_standard_onnx(tmp_path):
+    """The policy changes scales and which layers get Q/DQ, not the graph's kind: ORT runs it and matches torch's
+    fake quant as closely as the default export does."""
+    import onnx
+
+    from sanawm.export.onnx import export_onnx, random_inputs
+    from sanawm.export.quantize import qdq_layers
+
+    torch.manual_seed(0)
+    io = toy_step_io()
+    q, rep = quantize_fp8(ToyStep().eval(), _toy_calib(500.0), exclude=["o"], act_scale="percentile:99")
+    checks = [random_inputs(io, seed=s) for s in (11, 12)]
+    res = export_onnx(q, io, tmp_path / "toy.onnx", check_inputs=checks)
+    assert res.max_rel_error < 1e-4, res.rel_errors
+    tags = qdq_layers(onnx.load(str(tmp_path / "toy.onnx"), load_external_data=False))
+    assert not any(t.startswith("o.") for t in tags) and "q.input" in tags

@@ -140,3 +140,15 @@ def test_detects_full_structure_from_shapes_only():
         sd = SanaWMGenerator(full()).state_dict()
     cfg, name = resolve_config(dims_from_weights(sd))
     assert name == "full" and cfg == full()
+
+
+def test_training_pt_detects_a_custom_structure(tmp_path):
+    """The streaming training .pt (weights under 'generator', 'model.' prefixes, bf16), read safely."""
+    cfg = dataclasses.replace(tiny(), num_layers=2, softmax_every_n=2, plucker_post_attn_blocks=1, caption_length=5)
+    src = randomize_(SanaWMGenerator(cfg), seed=4)
+    f = tmp_path / "model.pt"
+    torch.save({"generator": {"model." + k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}, "step": 1}, f)
+    model = SanaWMGenerator.from_pretrained(f)
+    assert all(getattr(model.cfg, k) == getattr(cfg, k) for k in STRUCTURAL + ("caption_length",))
+    assert model.config_name is None
+    assert torch.equal(model.blocks[1].attn.qkv.weight, src.blocks[1].attn.qkv.weight.to(torch.bfloat16).float())

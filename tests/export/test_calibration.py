@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from sanawm.config import full, world
 from sanawm.export.calibration import calib_frames, calibration_set, streaming_calibration

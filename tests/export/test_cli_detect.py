@@ -9,7 +9,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from sanawm.config import tiny

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..config import CONFIGS
 from ..constants import REFINER_RETIRED
 from ..spec import StepIO, TensorSpec
 from .env import BackendEnv, _vkey, normalize_cc
@@ -169,7 +170,7 @@ class Bundle:
         src = self.manifest.get("source", {})
         ck = f"--checkpoint {src['checkpoint']}" if src.get("checkpoint") else "--checkpoint PATH|--random"
         parts = ["sanawm-export", ck]
-        if ex.get("config"):
+        if ex.get("config") in CONFIGS:  # "detected": the checkpoint names its own config
             parts.append(f"--config {ex['config']}")
         parts.append(f"--out {self.root}")
         if backend:

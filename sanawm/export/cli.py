@@ -1,10 +1,11 @@
 """``sanawm-export``: checkpoint -> engine bundle (ONNX, FP8 Q/DQ, TensorRT / TensorRT-RTX plans, manifest).
 
-    sanawm-export --checkpoint PATH | --random  --config tiny|full  --out DIR  [--vae VAE_DIR]
+    sanawm-export --checkpoint PATH | --random  [--config tiny|full|world]  --out DIR  [--vae VAE_DIR]
                   [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8]
                   [--engines generator,vae_encoder,vae_decoder,refiner]
                   [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
-                  [--calib-chunks N] [--timing-cache PATH]
+                  [--calib-chunks N] [--calib-prompts F] [--calib-images F] [--calib-cameras C]
+                  [--keep-high-precision LIST] [--act-scale max|percentile:P] [--timing-cache PATH]
 
 VAE engines (``vae_encoder``, ``vae_decoder``) come from ``--vae`` (a diffusers
 ``AutoencoderKLLTX2Video`` folder) or, with ``--random``, a seeded random VAE (tiny config: latent channels =
@@ -19,6 +20,11 @@ range check run the sink pass, the three sigmas and the sigma-0 capture over ``-
 records the layout (block size, kv_max_frames, sink frames, sigmas, caption length/channels, timestep scale), so
 the runtime needs nothing else. ``--no-refiner`` skips them. ``--weight-streaming`` builds the TensorRT plans of
 the refiner engines (or of the listed engines, or ``all``) with ``BuilderFlag.WEIGHT_STREAMING``.
+
+The generator config is detected from ``--checkpoint`` (``sanawm.models.pretrained``); ``--config`` only picks
+between built-in configs of the same structure and must fit the checkpoint. FP8 calibration data
+(``--calib-prompts/-images/-cameras`` and their defaults, ``sanawm.export.calibration``) and the per-layer policy
+(``--keep-high-precision``, ``--act-scale``; ``sanawm.export.precision_policy``) are recorded in the manifest.
 
 Each stage is skipped when its artifact exists with its recorded hash and unchanged inputs (one log line
 per stage). Engine ``toy`` (``sanawm.export.toy``) is a small stand-in for smoke tests.
@@ -90,19 +96,21 @@ def resolve(p: dict) -> SimpleNamespace:
     if a.checkpoint is not None and a.random:
         _bad("--checkpoint and --random conflict; drop one of them")
     if a.checkpoint is not None and str(a.checkpoint) == "tiny" and not a.checkpoint.exists():
-        if a.config != "tiny":
+        if a.config not in (None, "tiny"):
             _bad(f"--checkpoint tiny is the built-in random tiny model; it conflicts with --config {a.config}")
         a.checkpoint, a.random = None, True
     if a.checkpoint is not None and str(a.checkpoint) == "world" and not a.checkpoint.exists():
         from ..worlds.models import shipped_paths  # the trained toy world model in sanawm/assets/tiny_world
 
-        if a.config not in ("tiny", "world"):
+        if a.config not in (None, "world"):
             _bad(f"--checkpoint world is the shipped toy world model (--config world); it conflicts with --config {a.config}")
         try:
             a.checkpoint, shipped_vae = shipped_paths()
         except ValueError as e:
             _bad(str(e))
         a.config, a.vae = "world", a.vae or shipped_vae
+    if a.random and a.config is None:
+        a.config = "tiny"  # seeded random weights have no config of their own; a real --checkpoint is detected
     a.precision = a.fp8 or a.precision or "fp32"
     if a.fp8 and p.get("precision") not in (None, "fp8"):
         _bad(f"--fp8 conflicts with --precision {p['precision']}; drop one of them")
@@ -129,10 +137,27 @@ def resolve(p: dict) -> SimpleNamespace:
         _bad("the refiner engines need the refiner weights: pass --refiner PATH (a diffusers "
              "SanaWMLTX2RefinerTransformer3DModel folder), leave them out of --engines, or pass --no-refiner")
     a.weight_streaming = _weight_streaming(a.weight_streaming, a.backends)
+    _precision_policy(a)
     if any(e in VAE_ENGINES for e in a.engines) and a.vae is None and not a.random:
         _bad("the VAE engines need the VAE weights: pass --vae PATH (the checkpoint's vae/ folder, a diffusers "
              "AutoencoderKLLTX2Video) or leave them out of --engines")
     return a
+
+
+def _precision_policy(a) -> None:
+    """``a.policy`` from --keep-high-precision / --act-scale; calibration flags only where something calibrates."""
+    from .act_scale import ActScaleError
+    from .precision_policy import PolicyError, PrecisionPolicy
+
+    try:
+        a.policy = PrecisionPolicy.parse(a.keep_high_precision, a.act_scale)
+    except (PolicyError, ActScaleError) as e:
+        _bad(str(e))
+    if a.precision != "fp8" and (a.keep_high_precision is not None or a.act_scale != "max"):
+        _bad("--keep-high-precision and --act-scale shape FP8 quantization; add --precision fp8 or drop them")
+    if (a.calib_prompts or a.calib_images or a.calib_cameras) and a.random:
+        _bad("--calib-prompts/--calib-images/--calib-cameras calibrate a real checkpoint; random weights calibrate on "
+             "random inputs (drop them, or pass --checkpoint)")
 
 
 def _weight_streaming(value, backends) -> list[str]:
@@ -161,8 +186,9 @@ def export_options(f):
                "--config world)"),
         option("inputs", "--random", is_flag=True, help="seeded random weights (tests, smoke runs)"),
         option("inputs", "--seed", type=int, default=0, show_default=True, help="seed for --random weights"),
-        option("inputs", "--config", type=click.Choice(CONFIGS), default="tiny", show_default=True,
-               help="generator config"),
+        option("inputs", "--config", type=click.Choice(CONFIGS), default=None,
+               help="generator config; default: detected from --checkpoint (config.json or the weight shapes; a "
+               "given --config that does not fit the checkpoint is an error), tiny with --random"),
         option("inputs", "--vae", type=click.Path(path_type=Path), help="diffusers AutoencoderKLLTX2Video folder "
                "(config.json + safetensors) for the VAE engines"),
         option("inputs", "--refiner", type=click.Path(path_type=Path), help="diffusers "
@@ -188,6 +214,19 @@ def export_options(f):
                "fp16/fp8 exports, fp32 for fp32 exports; the engine computes in fp32 and casts at its boundary"),
         option("precision", "--calib-chunks", type=int, default=3, show_default=True,
                help="chunks of a streaming run used for FP8 calibration"),
+        # --- FP8 calibration inputs and per-layer precision policy (sanawm.export.calibration, .precision_policy)
+        option("calibration", "--calib-prompts", type=click.Path(path_type=Path), multiple=True, help="prompt files "
+               "from `sanawm encode-prompt` (or folders of them; repeatable) for FP8 calibration; required for a real "
+               "checkpoint other than the shipped world model"),
+        option("calibration", "--calib-images", type=click.Path(path_type=Path), multiple=True, help="first-frame "
+               "images (PNG/JPEG or folders; repeatable), encoded with --vae; default: ray-traced built-in scenes"),
+        option("calibration", "--calib-cameras", multiple=True, help="camera paths (trajectory .npy/.npz/.txt, a "
+               "preset name or an action string like 'w-24,d-48'; repeatable); default: every built-in preset"),
+        option("calibration", "--keep-high-precision", default=None, metavar="LIST", help="layers kept out of FP8: "
+               "comma list of embedders, final, first:N, last:N, blocks:I-J or module patterns (default "
+               "'embedders,final')"),
+        option("calibration", "--act-scale", default="max", show_default=True, help="FP8 activation scales: max or "
+               "percentile:P (e.g. percentile:99.99) of |x| over the calibration run"),
         option("backend", "--backends", "--backend", default="onnxruntime", show_default=True,
                help=f"comma list of {','.join(BACKENDS)} ('onnx' and 'tensorrt-rtx' spellings are accepted)"),
         option("backend", "--weight-streaming", is_flag=False, flag_value="refiner", default=None, metavar="ENGINES",

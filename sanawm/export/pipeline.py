@@ -34,17 +34,19 @@ def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | 
     cfg = vae_info = ref_info = None
     jobs: list[EngineJob] = []
     if gen_names or vae_names or ref_names:
-        from ..config import get_config
+        from .families.generator import generator_config
 
-        cfg = get_config(a.config)
+        # a real checkpoint names its own config (detected; a mismatching --config is refused); --random: a.config
+        cfg, a.config = generator_config(a.checkpoint, a.config)
+        source["config_detected"] = a.checkpoint is not None
     kv = getattr(a, "kv_dtype", "auto")
     kv = ("fp16" if a.precision in CALIBRATED_PRECISIONS else "fp32") if kv == "auto" else kv
     kv = {"fp16": "float16", "fp32": "float32"}[kv]  # the K/V windows' storage type (generator and refiner)
     if gen_names:
         from .families.generator import generator_jobs, load_generator_model
 
-        model = load_generator_model(a.checkpoint, cfg, a.config, a.seed)
-        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks, kv_dtype=kv)
+        model = load_generator_model(a.checkpoint, cfg, a.seed)
+        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks, kv_dtype=kv, calibrate=_generator_calibration(a, cfg))
     if vae_names:
         from .families.vae import prepare_vae
 
@@ -64,6 +66,25 @@ def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | 
     return jobs, cfg, source, vae_info, ref_info
 
 
+def _generator_calibration(a, cfg):
+    """The generator's calibration loop over the export's calibration set (None: the random-input loop);
+    records the set on ``a.calibration`` for the manifest and the stage keys."""
+    a.calibration = None
+    if a.precision not in CALIBRATED_PRECISIONS:
+        return None
+    from .calibration import calibration_set, streaming_calibration, wants_real_set
+    from .calibration_data import random_set
+
+    if a.precision == "fp16" and not wants_real_set(a):  # FP16 range check: real inputs when given, else random
+        cset = random_set()
+    else:
+        cset = calibration_set(a, cfg)
+    a.calibration = cset.to_manifest()
+    log.info("calibration set: %s (%d clip(s) x %d chunk(s), sha256 %s)", cset.name, cset.clips, a.calib_chunks,
+             (cset.sha256 or "-")[:12])
+    return None if cset.name == "random" else streaming_calibration(cfg, cset, a.calib_chunks)
+
+
 def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict:
     """One engine's ONNX stage: quantize or convert, export, and check the graph against torch on ORT CPU."""
     from .half import convert_fp16
@@ -74,8 +95,12 @@ def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict
     what = f"{max(1, a.calib_chunks) + 1} refiner block(s)" if job.name in REFINER_ENGINES else f"{a.calib_chunks} chunk(s)"
     if precision == "fp8":
         log.info("[%s] fp8: calibrating over %s ...", job.name, what)
-        module, rep = quantize_fp8(job.module, job.calibrate)
+        pol = getattr(a, "policy", None)
+        kw = {} if pol is None else {"exclude": pol.exclude_patterns(job.module) or None, "act_scale": pol.act_scale}
+        module, rep = quantize_fp8(job.module, job.calibrate, **kw)
         facts["fp8_layers"] = rep.layers
+        if pol is not None:
+            facts["precision_policy"] = pol.to_manifest(job.module)
     elif precision == "fp16":
         log.info("[%s] fp16: converting, range check over %s ...", job.name, what)
         module, hrep = convert_fp16(job.module, job.calibrate)
@@ -138,6 +163,16 @@ def build_plans(w, job: EngineJob, a) -> None:
         w.stage_plan(job.name, b, bkey, build)
 
 
+def _precision_record(a) -> dict:
+    """The manifest's ``export.calibration`` (set name, hash, sources) and ``export.precision_policy``."""
+    out = {}
+    if getattr(a, "calibration", None) is not None:
+        out["calibration"] = a.calibration
+    if a.precision == "fp8" and getattr(a, "policy", None) is not None:
+        out["precision_policy"] = a.policy.to_manifest()
+    return out
+
+
 def run_export(a) -> Path:
     """The whole export for parsed options ``a``; returns the manifest path."""
     from .bundle_writer import BundleWriter
@@ -149,7 +184,8 @@ def run_export(a) -> Path:
     w = BundleWriter(
         a.out,
         source=source,
-        export={"config": a.config, "precision": a.precision, "opset": opset, "calib_chunks": a.calib_chunks},
+        export={"config": a.config, "precision": a.precision, "opset": opset, "calib_chunks": a.calib_chunks,
+                **_precision_record(a)},
         generator_config=cfg.to_dict() if cfg is not None else None,
         vae=vae_info,
         refiner=ref_info,
@@ -173,6 +209,8 @@ def run_export(a) -> Path:
             key = {"source": source, "config": a.config, "cfg": cfg.to_dict() if cfg else None, "engine": job.name,
                    "precision": precision, "opset": opset, "sanawm": __version__,
                    "calib_chunks": a.calib_chunks if precision in CALIBRATED_PRECISIONS else None}
+            if precision in CALIBRATED_PRECISIONS:  # another calibration set or policy re-exports the stage
+                key.update(_precision_record(a))
         try:
             w.stage_onnx(job.name, key, lambda art, job=job, precision=precision: export_and_check(job, art, precision, a, opset))
         except FP16RangeError as e:  # bad input for this precision, not a bug: say which layers and what to do

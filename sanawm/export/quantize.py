@@ -31,6 +31,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .act_scale import act_histogram, parse_act_scale, percentile_pass
+
 log = logging.getLogger("sanawm.export")
 
 FP8_E4M3_MAX = 448.0
@@ -96,6 +98,9 @@ class _FP8Base(nn.Module):
 
     def _q_input(self, x):
         if self.mode == "calib":
+            if getattr(self, "hist", None) is not None:  # second pass of a percentile rule (sanawm.export.act_scale)
+                self.hist += act_histogram(x, float(self.input_amax))
+                return x
             self.input_amax = torch.maximum(self.input_amax, x.detach().abs().amax().float())
             self.calls += 1
             return x
@@ -115,6 +120,7 @@ class _FP8Base(nn.Module):
                 "path of the model (all timesteps, the t = 0 pass, first and later chunks) or exclude the layer"
             )
         amax = float(self.input_amax)
+        amax = float(self.input_clip) if getattr(self, "input_clip", None) is not None else amax  # percentile rule
         if amax == 0.0:
             log.warning("layer %s saw only zeros during calibration; input scale set to 1/448", self.qname)
             amax = 1.0
@@ -246,9 +252,10 @@ class CalibrationReport:
     layers: list[str]
     input_amax: dict[str, float] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    input_clip: dict[str, float] = field(default_factory=dict)  # the |x| each input scale maps to 448
 
     def to_dict(self) -> dict:
-        return {"layers": self.layers, "input_amax": self.input_amax, "calls": self.calls}
+        return {"layers": self.layers, "input_amax": self.input_amax, "calls": self.calls, "input_clip": self.input_clip}
 
 
 def quantize_fp8(
@@ -258,6 +265,7 @@ def quantize_fp8(
     include: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
     per_channel_weights: bool = True,
+    act_scale: str = "max",
 ) -> tuple[nn.Module, CalibrationReport]:
     """FP8 E4M3 W8A8 post-training quantization.
 
@@ -266,6 +274,7 @@ def quantize_fp8(
         calibrate: ``calibrate(qmodel)`` runs the model over calibration data (many calls: every denoising
             timestep and the t = 0 cache pass, over several chunks); activation amax is the max over all.
         include, exclude: layer patterns (default: model.fp8_quantizable / model.fp8_skip).
+        act_scale: ``max`` or ``percentile:P`` (then ``calibrate`` runs twice; it must be deterministic).
     Returns:
         (quantized copy in fake-quant mode, ready for ``export_onnx``; calibration report).
     """
@@ -276,9 +285,11 @@ def quantize_fp8(
         m.mode = "calib"
     with torch.no_grad():
         calibrate(q)
+    percentile_pass(q, qs.values(), calibrate, parse_act_scale(act_scale))
     for m in qs.values():
         m.finish_calibration()
     rep = CalibrationReport(names, {n: float(m.input_amax) for n, m in qs.items()}, {n: m.calls for n, m in qs.items()})
+    rep.input_clip = {n: float(m.input_scale) * FP8_E4M3_MAX for n, m in qs.items()}
     log.info("FP8: %d layers quantized, calibrated over %d calls", len(names), max(rep.calls.values(), default=0))
     return q, rep
 

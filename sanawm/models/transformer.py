@@ -74,6 +74,15 @@ class SanaWMGenerator(nn.Module):
             return "quantize"
         return "skip"
 
+    @classmethod
+    def from_pretrained(cls, path, config=None, kind: str | None = None, dtype: torch.dtype = torch.float32):
+        """The generator stored at ``path`` (official ``.safetensors``, training ``.pt`` or a diffusers folder), with
+        its config detected from ``config.json`` / the weight shapes (``config``: a name or GeneratorConfig to
+        insist on; a mismatch raises). See :mod:`sanawm.models.pretrained`."""
+        from .pretrained import from_pretrained
+
+        return from_pretrained(path, config, kind, dtype)
+
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
         cfg.validate()

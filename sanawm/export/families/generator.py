@@ -119,9 +119,11 @@ def generator_engine_feeds(cfg, profile: str, seed: int, kv_dtype: str = "float3
     return {k: (v.astype(kv_dtype) if k.endswith("_win") else v) for k, v in f.items()}
 
 
-def generator_jobs(cfg, model, names, calib_chunks: int, kv_dtype: str = "float32") -> list[EngineJob]:
+def generator_jobs(cfg, model, names, calib_chunks: int, kv_dtype: str = "float32",
+                   calibrate: Callable | None = None) -> list[EngineJob]:
     """The one ``generator`` engine: both chunk lengths (profiles ``first`` / ``next``), Euler step inside, the
-    softmax K/V window stored as ``kv_dtype``."""
+    softmax K/V window stored as ``kv_dtype``; ``calibrate``: the loop over a calibration set
+    (``sanawm.export.calibration``), default the random-input loop."""
     from ...models.generator_engine import GeneratorEngine
     from ...spec import generator_profiles
     from ...spec_dynamic import frame_bounds
@@ -130,7 +132,7 @@ def generator_jobs(cfg, model, names, calib_chunks: int, kv_dtype: str = "float3
         raise ValueError(f"the generator is one engine, {GENERATOR!r}; got {list(names)}")
     module = GeneratorEngine(model, kv_dtype=kv_dtype).eval()
     return [EngineJob(
-        GENERATOR, "generator_step", module, module.io, generator_calibration(cfg, None, calib_chunks),
+        GENERATOR, "generator_step", module, module.io, calibrate or generator_calibration(cfg, None, calib_chunks),
         lambda: generator_engine_feeds(cfg, "next", seed=7, kv_dtype=kv_dtype),
         "one engine for both chunk lengths: symbolic frame axis n with one optimization profile per length "
         "(first: condition frame + 3 with an all-masked window; next: 3); Euler step inside (dt in, latents.out out)",
@@ -139,15 +141,39 @@ def generator_jobs(cfg, model, names, calib_chunks: int, kv_dtype: str = "float3
     )]
 
 
-def load_generator_model(checkpoint, cfg, config_name: str, seed: int):
-    """The generator from ``checkpoint`` into ``cfg``, or seeded random weights when ``checkpoint`` is None."""
+def generator_config(checkpoint, config_name: str | None):
+    """``(GeneratorConfig, name for the manifest)``: detected from ``checkpoint`` (``config_name``, when given, must
+    fit it; a structure no built-in config has is named ``"detected"``), or the named config for random weights."""
+    from ...config import get_config
+
+    if checkpoint is None:
+        return get_config(config_name), config_name
+    from ...models.loading import CheckpointError
+    from ...models.pretrained import detect_checkpoint_config
+    from ..job import ExportInputError
+
+    try:
+        cfg, name, _, _ = detect_checkpoint_config(checkpoint, config_name, shapes_only=True)
+    except CheckpointError as e:
+        raise ExportInputError(str(e)) from None
+    log.info("generator config of %s: %s", checkpoint, name or "detected (no built-in config has this structure)")
+    return cfg, name or "detected"
+
+
+def load_generator_model(checkpoint, cfg, seed: int):
+    """The generator from ``checkpoint`` into ``cfg`` (from :func:`generator_config`), or seeded random weights."""
     import torch
 
     if checkpoint is not None:
-        from ...models.loading import load_generator
+        from ...models.loading import CheckpointError
+        from ...models.pretrained import from_pretrained
+        from ..job import ExportInputError
 
-        log.info("loading %s into the %s config ...", checkpoint, config_name)
-        return load_generator(checkpoint, cfg)
+        log.info("loading %s ...", checkpoint)
+        try:
+            return from_pretrained(checkpoint, cfg)
+        except CheckpointError as e:
+            raise ExportInputError(str(e)) from None
     from ...models.transformer import SanaWMGenerator
 
     torch.manual_seed(seed)

@@ -115,7 +115,6 @@ def lower_nvfp4_placeholders(model, form: str = "trt"):
     """Rewrite ``sanawm.NVFP4QDQ`` placeholders (see the module docstring); bumps the graph to opset 23 and IR 11.
 
     Returns the model (modified in place); a model without NVFP4 placeholders is returned unchanged."""
-    import onnx
     from onnx import helper, numpy_helper
 
     if form not in FORMS:
@@ -173,13 +172,21 @@ def lower_nvfp4_placeholders(model, form: str = "trt"):
     vis = [v for v in g.value_info if v.name in used]
     del g.value_info[:]
     g.value_info.extend(vis)
-    if form == "onnx":
-        model.functions.append(fp4_dynamic_quantize_function())
-        model = onnx.inliner.inline_local_functions(model)
-        keep_ops = [o for o in model.opset_import if o.domain != TRT_DOMAIN]
-        del model.opset_import[:]
-        model.opset_import.extend(keep_ops)
-    return model
+    return to_standard_form(model) if form == "onnx" else model
+
+
+def to_standard_form(model):
+    """The ``form="onnx"`` graph of a ``form="trt"`` one: each ``TRT_FP4DynamicQuantize`` inlined as its
+    standard opset-23 definition (``fp4_dynamic_quantize_function``). Returns a new model."""
+    import onnx.inliner
+
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    m.functions.append(fp4_dynamic_quantize_function())
+    m = onnx.inliner.inline_local_functions(m)
+    keep = [o for o in m.opset_import if o.domain != TRT_DOMAIN]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    return m
 
 
 def has_fp4(model) -> bool:

@@ -35,7 +35,7 @@ from torch import nn
 from ..spec import StepIO
 from .quantize import (FP8_E4M3_MAX, PLACEHOLDER_DOMAIN, PLACEHOLDER_OP, CalibrationReport, QuantizeError, _WRAP,
                        quantizers, select_quantizable)
-from .weights_stream import WeightSource, repeated_units
+from .weights_stream import WeightSource, release_freed_weights, repeated_units
 
 log = logging.getLogger("sanawm.export")
 
@@ -199,6 +199,7 @@ def export_streamed(
     from .onnx import DEFAULT_OPSET, _fix_io, _symbolic, _torch_args, light_optimize
 
     t0 = time.time()
+    release_freed_weights()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
@@ -216,7 +217,9 @@ def export_streamed(
             custom_translation_table={**quantize.translation_table(), **nvfp4.translation_table()})
     model = prog.model
     bound = _lazy_weights(model, src)
-    light_optimize(model)  # folds only small constants (input_size_limit), so large weights stay lazy
+    # the folder would read (and keep) lazy weights: nodes on them are left for ORT / TensorRT to fold
+    light_optimize(model, should_fold=lambda n: False if any(
+        v is not None and isinstance(v.const_value, ir.LazyTensor) for v in n.inputs) else None)
     lowered = lower_fp8_ir(model)
     data_name = path.name + ".data"
     for f in (path, path.with_name(data_name)):
@@ -236,6 +239,7 @@ def export_streamed(
 
 def quantize_streamed(module: nn.Module, src: WeightSource, calibrate, *, include=None, exclude=None) -> CalibrationReport:
     """FP8 wrappers in place on a ghost module, then ``calibrate_streamed``."""
+    release_freed_weights()
     names = select_quantizable(module, include, exclude)
     prepare_fp8_inplace(module, names)
     return calibrate_streamed(module, src, calibrate, names)

@@ -101,6 +101,27 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[tuple[str, tupl
     return Path(path).stat().st_size
 
 
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def release_freed_weights() -> bool:
+    """Make glibc serve allocations >= 1 MiB from their own mappings, returned to the OS when freed.
+
+    Why: by default glibc raises its mmap threshold (up to 32 MiB) after the first large free, so the weight
+    tensors of the next blocks (a 2240 x 2240 FP32 matrix is 20 MiB) come from the heap, whose freed holes are
+    not returned: resident memory then grows by part of every block streamed through. Returns whether it applied
+    (False off glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 # ------------------------------------------------------------------------------------------ ghosts
 @contextlib.contextmanager
 def meta_parameters() -> Iterator[None]:
@@ -156,6 +177,12 @@ class WeightSource:
             n = bad[0]
             raise StreamError(f"{reader.path}: {len(bad)} weights have other shapes than the model, e.g. {self.key(n)} "
                               f"{list(reader.shape(self.key(n)))} vs {list(self.params[n].shape)}; pick the matching --config")
+        # persistent buffers (small: a null caption, unused gates) come from the checkpoint too, once, when present
+        persistent = set(module.state_dict(keep_vars=True)) - set(self.params)
+        with torch.no_grad():
+            for n, b in module.named_buffers():
+                if n in persistent and self.key(n) in keys and b.is_floating_point():
+                    b.copy_(reader.get(self.key(n), b.dtype).reshape(b.shape))
 
     def key(self, name: str) -> str:
         return name[len(self.prefix):] if name.startswith(self.prefix) else name

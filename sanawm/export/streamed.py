@@ -54,11 +54,15 @@ class _UnitStreamer:
     """Hooks that load a unit's (block's) weights before it runs and drop them after."""
 
     def __init__(self, src: WeightSource, units):
-        self.src, self.hooks, self.peak_unit_bytes = src, [], 0
+        self.src, self.hooks, self.ran = src, [], {u: 0 for u, _ in units}
+
+        def load(names, u):
+            self.ran[u] += 1
+            src.materialize_(names)
+
         for uname, unit in units:
             pnames = [f"{uname}.{n}" for n, _ in unit.named_parameters()]
-            self.peak_unit_bytes = max(self.peak_unit_bytes, src.nbytes(pnames))
-            self.hooks.append(unit.register_forward_pre_hook(lambda m, a, p=pnames: src.materialize_(p)))
+            self.hooks.append(unit.register_forward_pre_hook(lambda m, a, p=pnames, u=uname: load(p, u)))
             self.hooks.append(unit.register_forward_hook(lambda m, a, o, p=pnames: src.ghost_(p)))
 
     def remove(self):
@@ -95,6 +99,12 @@ def calibrate_streamed(module: nn.Module, src: WeightSource, calibrate: Callable
                     calibrate(module)
             finally:
                 streamer.remove()
+            idle = [u for u, n in streamer.ran.items() if n == 0]
+            if idle:
+                raise QuantizeError(
+                    f"units {idle[:3]} (children of a ModuleList) never ran as modules during calibration, so their "
+                    "weights were never loaded; streamed calibration loads weights per unit: call each block as a "
+                    "module (block(x), not block[...] parts)")
             for q in qs.values():
                 q.finish_calibration()
     finally:

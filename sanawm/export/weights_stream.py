@@ -38,10 +38,13 @@ class SafetensorsReader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
+            size = self.path.stat().st_size
             with open(self.path, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
+                if n > size - 8:
+                    raise ValueError(f"header length {n} exceeds the file ({size} bytes)")
                 header = json.loads(f.read(n))
-        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (OSError, struct.error, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise StreamError(f"{self.path} is not a readable safetensors file ({e}); re-download or re-export it") from None
         header.pop("__metadata__", None)
         self.base = 8 + n

@@ -113,12 +113,36 @@ def export_generator(checkpoint, cfg, out, precision: str = "fp8", calib_chunks:
     }
 
 
+def build_generator_plan(cfg, onnx_path, plan_path, targets=("sm_120",)) -> dict:
+    """TensorRT-RTX AOT plan of a streamed ``generator`` graph (one profile per chunk length, as the pipeline
+    builds it); returns the build facts with this process's peak RSS."""
+    from ..spec import generator_profiles
+    from .build import build_engine
+    from .onnx import DEFAULT_OPSET  # noqa: F401  (same graph conventions as the pipeline)
+
+    eng = ghost_generator(cfg)
+    profiles = [{t.name: (t.shape,) * 3 for t in eng.io.concrete(dims).inputs
+                 if next(x for x in eng.io.inputs if x.name == t.name).is_dynamic}
+                for dims in generator_profiles(cfg).values()]
+    del eng
+    r = build_engine(onnx_path, plan_path, backend="tensorrt_rtx", compute_capabilities=list(targets), profiles=profiles)
+    return {"build_s": round(r.seconds, 2), "plan_bytes": Path(plan_path).stat().st_size, "targets": list(targets),
+            "build_peak_rss_bytes": peak_rss_bytes()}
+
+
 def main(argv=None) -> int:
     """``python -m sanawm.export.scale CKPT OUT LAYERS H W PRECISION CALIB_CHUNKS``: one export at full width,
-    ``LAYERS`` blocks and ``H x W`` latents (0 0: the published size); its facts as JSON on stdout."""
+    ``LAYERS`` blocks and ``H x W`` latents (0 0: the published size); its facts as JSON on stdout.
+    ``python -m sanawm.export.scale build ONNX PLAN LAYERS H W``: its TensorRT-RTX plan for sm_120."""
     from ..config import full
 
-    ckpt, out, layers, h, w, precision, chunks = (argv or sys.argv[1:])[:7]
+    args = list(argv or sys.argv[1:])
+    if args and args[0] == "build":  # build ONNX PLAN LAYERS H W: the TensorRT-RTX sm_120 plan of an export
+        onnx_path, plan, layers, h, w = args[1:6]
+        cfg = depth_reduced(full(), int(layers), (int(h), int(w)) if int(h) else None)
+        print(json.dumps(build_generator_plan(cfg, onnx_path, plan)))
+        return 0
+    ckpt, out, layers, h, w, precision, chunks = args[:7]
     cfg = depth_reduced(full(), int(layers), (int(h), int(w)) if int(h) else None)
     print(json.dumps(export_generator(ckpt, cfg, out, precision, int(chunks))))
     return 0

@@ -171,8 +171,8 @@ def test_tensorrt_rtx_builds_nvfp4_for_sm120(toy_nvfp4, tmp_path):
 
 
 def test_cli_nvfp4_bundle_refused_by_onnxruntime(tmp_path):
-    from sanawm.bundle import Bundle
-    from sanawm.engines import ExecutorError, load_executor
+    from sanawm.bundle import Bundle, BundleError
+    from sanawm.engines import load_executor
     from sanawm.export.cli import main
 
     out = tmp_path / "bundle"
@@ -181,5 +181,5 @@ def test_cli_nvfp4_bundle_refused_by_onnxruntime(tmp_path):
     e = b.engine("toy")
     assert e.precision == "nvfp4" and e.files["onnx"]["nvfp4_layers"] == ["q", "k", "v", "o", "ffn.0"]
     assert e.files["onnx"]["reference_check_rel_error"] < GRAPH_TOL and e.files["onnx"]["opset"] == 23
-    with pytest.raises(ExecutorError, match="ONNX Runtime cannot run FP4.*tensorrt_rtx"):
+    with pytest.raises(BundleError, match="ONNX Runtime cannot run FP4.*tensorrt_rtx"):
         load_executor(b, "toy", "onnxruntime")

@@ -83,7 +83,7 @@ def export_generator(checkpoint, cfg, out, precision: str = "fp8", calib_chunks:
     Returns the facts (seconds, bytes, unit bytes, peak RSS of this process so far)."""
     from ..spec_dynamic import frame_bounds
     from .families.generator import generator_calibration, generator_engine_feeds
-    from .streamed import calibrate_streamed, export_streamed, quantize_streamed
+    from .streamed import export_streamed, quantize_streamed
     from .weights_stream import SafetensorsReader, WeightSource
 
     from .weights_stream import release_freed_weights
@@ -118,7 +118,6 @@ def build_generator_plan(cfg, onnx_path, plan_path, targets=("sm_120",)) -> dict
     builds it); returns the build facts with this process's peak RSS."""
     from ..spec import generator_profiles
     from .build import build_engine
-    from .onnx import DEFAULT_OPSET  # noqa: F401  (same graph conventions as the pipeline)
 
     eng = ghost_generator(cfg)
     profiles = [{t.name: (t.shape,) * 3 for t in eng.io.concrete(dims).inputs

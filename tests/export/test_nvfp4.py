@@ -103,7 +103,7 @@ def test_fake_quant_is_block_scaled_fp4():
 
 
 def test_toy_graph_equals_fake_quant_on_reference_evaluator(toy_nvfp4):
-    res, q = toy_nvfp4["res"], toy_nvfp4["q"]
+    res = toy_nvfp4["res"]
     assert res.opset == 23
     assert res.max_rel_error < GRAPH_TOL, res.rel_errors
     m = onnx.load(str(res.onnx_path))

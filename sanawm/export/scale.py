@@ -75,7 +75,15 @@ def eng_profiles(cfg) -> dict:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident memory: ``VmHWM`` of its address space. Not ``ru_maxrss``: Linux carries that
+    across ``exec``, so a subprocess started from a large parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def export_generator(checkpoint, cfg, out, precision: str = "fp8", calib_chunks: int = 1) -> dict:

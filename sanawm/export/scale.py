@@ -86,8 +86,9 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def export_generator(checkpoint, cfg, out, precision: str = "fp8", calib_chunks: int = 1) -> dict:
+def export_generator(checkpoint, cfg, out, precision: str = "fp8", calib_chunks: int = 1, fixed: bool = False) -> dict:
     """Streamed export of the ``generator`` engine of ``cfg`` from ``checkpoint`` to ``out/generator.onnx``.
+    ``fixed``: the ``next`` chunk shape only (no symbolic frame axis; traces in half the time: memory tests).
     Returns the facts (seconds, bytes, unit bytes, peak RSS of this process so far)."""
     from ..spec_dynamic import frame_bounds
     from .families.generator import generator_calibration, generator_engine_feeds
@@ -109,8 +110,9 @@ def export_generator(checkpoint, cfg, out, precision: str = "fp8", calib_chunks:
     else:
         raise ValueError(f"streamed export covers fp32 and fp8, not {precision!r}")
     t_cal = time.time() - t0
-    path = export_streamed(eng, eng.io, Path(out) / "generator.onnx", src,
-                           sample_inputs=generator_engine_feeds(cfg, "next", seed=7), dims=frame_bounds(cfg))
+    io = eng.io.concrete(eng_profiles(cfg)["next"]) if fixed else eng.io
+    path = export_streamed(eng, io, Path(out) / "generator.onnx", src, sample_inputs=generator_engine_feeds(cfg, "next", seed=7),
+                           dims=None if fixed else frame_bounds(cfg))
     block = [n for n in src.params if n.startswith(GENERATOR_PREFIX + "blocks.0.")]
     return {
         "precision": precision, "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size, "fp8_layers": layers,
@@ -139,7 +141,8 @@ def build_generator_plan(cfg, onnx_path, plan_path, targets=("sm_120",)) -> dict
 
 def main(argv=None) -> int:
     """``python -m sanawm.export.scale CKPT OUT LAYERS H W PRECISION CALIB_CHUNKS``: one export at full width,
-    ``LAYERS`` blocks and ``H x W`` latents (0 0: the published size); its facts as JSON on stdout.
+    ``LAYERS`` blocks and ``H x W`` latents (0 0: the published size); its facts as JSON on stdout. A trailing
+    ``fixed`` exports the ``next`` chunk shape only.
     ``python -m sanawm.export.scale build ONNX PLAN LAYERS H W``: its TensorRT-RTX plan for sm_120."""
     from ..config import full
 
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
         return 0
     ckpt, out, layers, h, w, precision, chunks = args[:7]
     cfg = depth_reduced(full(), int(layers), (int(h), int(w)) if int(h) else None)
-    print(json.dumps(export_generator(ckpt, cfg, out, precision, int(chunks))))
+    print(json.dumps(export_generator(ckpt, cfg, out, precision, int(chunks), fixed=args[7:8] == ["fixed"])))
     return 0
 
 

@@ -15,7 +15,7 @@ Manifest layout (``SCHEMA_VERSION`` 1)::
       "engines": {
         "generator_first": {
           "kind": "generator_step",
-          "precision": "fp32" | "fp16" | "fp8",
+          "precision": "fp32" | "fp16" | "fp8" | "nvfp4",
           "inputs":  [{"name", "dtype", "shape", "doc"}, ...],
           "outputs": [...],
           "state_map": {"b0.S_kv.out": "b0.S_kv", ...},

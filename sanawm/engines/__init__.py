@@ -27,6 +27,13 @@ def load_executor(bundle, engine_name: str, backend: str, **options) -> Executor
     e = bundle.engine(engine_name)
     path = bundle.path(engine_name, backend)
     if backend == "onnxruntime":
+        if e.precision == "nvfp4":  # a BundleError: the user's to fix (one line from the CLIs), like a plan for another GPU
+            from ..bundle import BundleError
+
+            raise BundleError(
+                f"engine {engine_name!r} is NVFP4 (FP4 weights and activations) and ONNX Runtime cannot run FP4; run "
+                "the bundle with backend 'tensorrt_rtx' on an RTX 50 (sm_120) GPU, or re-export with --precision fp8", engine_name
+            )
         from .onnxruntime import OnnxRuntimeExecutor
 
         return OnnxRuntimeExecutor(engine_name, path, e.inputs, e.outputs, e.state_map, profiles=e.profile_dims,

@@ -1,7 +1,7 @@
 """``sanawm-export``: checkpoint -> engine bundle (ONNX, FP8 Q/DQ, TensorRT / TensorRT-RTX plans, manifest).
 
     sanawm-export --checkpoint PATH | --random  [--config tiny|full|world]  --out DIR  [--vae VAE_DIR]
-                  [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8]
+                  [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8|nvfp4]
                   [--engines generator,vae_encoder,vae_decoder,refiner]
                   [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
                   [--calib-chunks N] [--calib-prompts F] [--calib-images F] [--calib-cameras C]
@@ -53,7 +53,7 @@ from .families.refiner import FULL_REFINER_CAPTION_LENGTH, TINY_REFINER_CAPTION_
 log = logging.getLogger("sanawm.export")
 ALL_ENGINES = GENERATOR_ENGINES + VAE_ENGINES + REFINER_ENGINES + ("toy",)
 PROG = "sanawm-export"
-PRECISIONS = ("fp32", "fp16", "fp8")
+PRECISIONS = ("fp32", "fp16", "fp8", "nvfp4")
 KV_DTYPES = ("auto", "fp16", "fp32")
 CONFIGS = ("tiny", "full", "world")
 
@@ -206,7 +206,9 @@ def export_options(f):
         option("precision", "--fp8", "fp8", flag_value="fp8", default=None, help="= --precision fp8"),
         option("precision", "--precision", type=click.Choice(PRECISIONS), default=None, help="fp32 (default); fp16: "
                "FP16 weights and GEMMs on the block linears, for GPUs without FP8 (range-checked over the "
-               "calibration run); fp8: E4M3 W8A8 Q/DQ on the same layers. The VAE stays fp32; state, norms, softmax "
+               "calibration run); fp8: E4M3 W8A8 Q/DQ on the same layers; nvfp4: FP4 W4A4 (16-element blocks, FP8 "
+               "block scales) on the same layers, for RTX 50 (sm_120) with --backends tensorrt_rtx (ONNX Runtime "
+               "cannot run it). The VAE stays fp32; state, norms, softmax "
                "and the GDN recurrence stay fp32 in every case"),
         option("precision", "--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True,
                help="storage of the generator's softmax K/V window and the refiner's sink / history K/V (the largest "

@@ -15,7 +15,7 @@ from ..constants import GENERATOR_ENGINES, REFINER_ENGINES, VAE_ENGINES
 from .job import EngineJob, ExportInputError, sha256_path
 
 log = logging.getLogger("sanawm.export")
-CALIBRATED_PRECISIONS = ("fp8", "fp16")  # run the calibration loop (FP8 scales, FP16 range check): it keys the stage
+CALIBRATED_PRECISIONS = ("fp8", "fp16", "nvfp4")  # run the calibration loop (FP8 scales, FP16 range check): it keys the stage
 
 
 def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | None]:
@@ -101,6 +101,16 @@ def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict
         facts["fp8_layers"] = rep.layers
         if pol is not None:
             facts["precision_policy"] = pol.to_manifest(job.module)
+    elif precision == "nvfp4":
+        from .nvfp4 import quantize_nvfp4
+
+        log.info("[%s] nvfp4: calibrating over %s ...", job.name, what)
+        pol = getattr(a, "policy", None)
+        module, rep = quantize_nvfp4(job.module, job.calibrate,
+                                     exclude=(pol.exclude_patterns(job.module) or None) if pol is not None else None)
+        facts["nvfp4_layers"] = rep.layers
+        if pol is not None:
+            facts["precision_policy"] = pol.to_manifest(job.module)
     elif precision == "fp16":
         log.info("[%s] fp16: converting, range check over %s ...", job.name, what)
         module, hrep = convert_fp16(job.module, job.calibrate)
@@ -109,11 +119,21 @@ def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict
     sample = job.sample() if callable(job.sample) else job.sample
     checks = [job.profile_samples(p) for p in job.profiles] if job.profiles else None
     res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample, dims=job.dims, check_inputs=checks)
-    log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
-    facts["ort_check_rel_error"] = res.max_rel_error
+    facts["opset"] = res.opset  # NVFP4 graphs are lifted to opset 23
+    if precision == "nvfp4":  # ONNX Runtime has no FP4 kernels: export_onnx checked on onnx's reference evaluator
+        from .nvfp4_onnx import NVFP4_CHECK_BOUND
+
+        log.info("[%s] onnx check on onnx's reference evaluator: max rel err %.2e vs torch fake quant", job.name,
+                 res.max_rel_error)
+        facts["reference_check_rel_error"] = res.max_rel_error
+    else:
+        log.info("[%s] onnx check on ORT CPU: max rel err %.2e vs torch", job.name, res.max_rel_error)
+        facts["ort_check_rel_error"] = res.max_rel_error
     # FP16: a 1-ulp FP32 difference before a Cast moves the FP16 value by one FP16 ulp (2^-11 relative),
     # and chained layers add them up (tiny generator: 1.2e-3); a wrong graph is O(1)
     err, what, bound = res.max_rel_error, "rel err", 5e-3 if precision == "fp16" else 1e-3
+    if precision == "nvfp4":
+        what, bound = "free-running NVFP4 rel err", NVFP4_CHECK_BOUND
     if precision == "fp8":
         # Free-running FP8 outputs drift apart by FP8 rounding flips however correct the graph is
         # (see fp8_layer_check); gate on the teacher-forced comparison where it is defined.

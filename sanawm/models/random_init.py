@@ -22,19 +22,26 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
         for name, p in list(module.named_parameters()) + list(module.named_buffers()):
             if name not in saved or not p.is_floating_point() or p.numel() == 0:
                 continue
-            if name.endswith("A_log"):
-                v = torch.log(torch.rand(p.shape, generator=g) * 3 + 0.5)
-            elif name.endswith("dt_bias"):
-                v = torch.randn(p.shape, generator=g) * 0.5 - 1.0
-            elif "norm" in name and name.endswith("weight"):
-                v = 1.0 + 0.2 * torch.randn(p.shape, generator=g)
-            elif "conv_k" in name:
-                v = 0.4 * torch.randn(p.shape, generator=g)
-            elif name.endswith("scale_shift_table"):
-                v = 0.2 * torch.randn(p.shape, generator=g)
-            elif p.dim() >= 2:
-                v = torch.randn(p.shape, generator=g) / math.sqrt(p.numel() // p.shape[0])
-            else:
-                v = 0.1 * torch.randn(p.shape, generator=g)
+            v = random_value(name, tuple(p.shape), g)
             p.copy_(v.to(p.dtype))
     return module
+
+
+def random_value(name: str, shape: tuple, g: torch.Generator) -> torch.Tensor:
+    """The seeded FP32 value ``randomize_`` gives the state-dict entry ``name`` (also used to write random
+    checkpoints tensor by tensor, ``sanawm.export.scale``)."""
+    p = torch.empty(shape, device="meta")  # shape and dim only
+    if name.endswith("A_log"):
+        return torch.log(torch.rand(p.shape, generator=g) * 3 + 0.5)
+    elif name.endswith("dt_bias"):
+        return torch.randn(p.shape, generator=g) * 0.5 - 1.0
+    elif "norm" in name and name.endswith("weight"):
+        return 1.0 + 0.2 * torch.randn(p.shape, generator=g)
+    elif "conv_k" in name:
+        return 0.4 * torch.randn(p.shape, generator=g)
+    elif name.endswith("scale_shift_table"):
+        return 0.2 * torch.randn(p.shape, generator=g)
+    elif p.dim() >= 2:
+        return torch.randn(p.shape, generator=g) / math.sqrt(p.numel() // p.shape[0])
+    else:
+        return 0.1 * torch.randn(p.shape, generator=g)

@@ -213,7 +213,8 @@ def export_options(f):
         option("precision", "--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True,
                help="storage of the generator's softmax K/V window and the refiner's sink / history K/V (the largest "
                "carried state): auto = fp16 for "
-               "fp16/fp8 exports, fp32 for fp32 exports; the engine computes in fp32 and casts at its boundary"),
+               "fp16/fp8/nvfp4 exports (the generator's window range-checked over the calibration run: an overflow "
+               "is refused), fp32 for fp32 exports; the engine computes in fp32 and casts at its boundary"),
         option("precision", "--calib-chunks", type=int, default=3, show_default=True,
                help="chunks of a streaming run used for FP8 calibration"),
         # --- FP8 calibration inputs and per-layer precision policy (sanawm.export.calibration, .precision_policy)

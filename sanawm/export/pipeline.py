@@ -92,12 +92,18 @@ def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict
     from .quantize import quantize_fp8
 
     module, facts = job.module, {"opset": opset}
+    calibrate, kv_seen = job.calibrate, None
+    if calibrate is not None and precision in CALIBRATED_PRECISIONS and any(
+            t.name.endswith("_chunk") and t.dtype == "float16" for t in job.io.outputs):
+        from .kv_range import observe_kv
+
+        calibrate, kv_seen = observe_kv(calibrate)  # the FP16 K/V window is range-checked over the same run
     what = f"{max(1, a.calib_chunks) + 1} refiner block(s)" if job.name in REFINER_ENGINES else f"{a.calib_chunks} chunk(s)"
     if precision == "fp8":
         log.info("[%s] fp8: calibrating over %s ...", job.name, what)
         pol = getattr(a, "policy", None)
         kw = {} if pol is None else {"exclude": pol.exclude_patterns(job.module) or None, "act_scale": pol.act_scale}
-        module, rep = quantize_fp8(job.module, job.calibrate, **kw)
+        module, rep = quantize_fp8(job.module, calibrate, **kw)
         facts["fp8_layers"] = rep.layers
         if pol is not None:
             facts["precision_policy"] = pol.to_manifest(job.module)
@@ -106,16 +112,21 @@ def export_and_check(job: EngineJob, art, precision: str, a, opset: int) -> dict
 
         log.info("[%s] nvfp4: calibrating over %s ...", job.name, what)
         pol = getattr(a, "policy", None)
-        module, rep = quantize_nvfp4(job.module, job.calibrate,
+        module, rep = quantize_nvfp4(job.module, calibrate,
                                      exclude=(pol.exclude_patterns(job.module) or None) if pol is not None else None)
         facts["nvfp4_layers"] = rep.layers
         if pol is not None:
             facts["precision_policy"] = pol.to_manifest(job.module)
     elif precision == "fp16":
         log.info("[%s] fp16: converting, range check over %s ...", job.name, what)
-        module, hrep = convert_fp16(job.module, job.calibrate)
+        module, hrep = convert_fp16(job.module, calibrate)
         facts["fp16_layers"] = hrep.layers
         facts["fp16_max_activation"] = hrep.max_activation
+    if kv_seen is not None:
+        from .kv_range import check_kv_range
+
+        facts["kv_max_abs"] = check_kv_range(job.name, kv_seen)
+        log.info("[%s] fp16 K/V window: max |K/V| %.4g over the calibration run", job.name, facts["kv_max_abs"])
     sample = job.sample() if callable(job.sample) else job.sample
     checks = [job.profile_samples(p) for p in job.profiles] if job.profiles else None
     res = export_onnx(module, job.io, art.onnx, opset=opset, sample_inputs=sample, dims=job.dims, check_inputs=checks)

@@ -69,7 +69,10 @@ def test_drain_saves_and_user_snapshots_resume(tiny_bundle, tmp_path):
         x, y = await b.step(SID, entry(3), 3), await b.step(OTHER, entry(3), 3)
         assert x["migrated"] and x["index"] == 3  # the drained session goes on where it was: nothing to replay
         assert x["digest"] == y["digest"]  # the user snapshot and the drain snapshot hold the same state
+        assert (await b.restore("session-cccc", "no-such-snap"))["error"] == "busy"  # K = 2 are running
+        await b.close(OTHER)
         assert (await b.restore("session-cccc", "no-such-snap"))["error"] == "bad_snapshot"
+        assert sorted(b.sessions) == [SID]  # the refused restore left no place taken
         assert first[0]["digest"] != first[1]["digest"]
 
     asyncio.run(body())

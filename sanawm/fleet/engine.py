@@ -140,11 +140,10 @@ class FleetEngine:
                 return refused
             hosted = self.sessions[sid]
             async with hosted.lock:
-                loaded = await self._run(self.store.load, sid, self.runtime)
-                if loaded is None:
+                hosted.live = await self._run(self.store.load, sid, self.runtime, chunk)
+                if hosted.live is None:
                     self.sessions.pop(sid, None)
                     return {"error": "no_session", "message": f"session {sid} has no snapshot to resume from; start anew"}
-                hosted.live = loaded[0]
         live = hosted.live
         async with hosted.lock:
             if live.chunks_done != chunk:

@@ -7,8 +7,8 @@ upgrade is answered HTTP 503 with Retry-After. Fleet-only server messages: ``{"t
 moved to another replica (``relay.py``); ``fork`` is refused (take a snapshot and resume it instead).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: Serve re-creates the route methods, and FastAPI must see the
+# WebSocket / Request annotations as classes, not strings
 import asyncio
 import json
 import secrets

@@ -2,7 +2,9 @@
 
 A replica saves a session every N chunks and when it drains. Each save goes to a fresh stem
 (``mig-<session>-<chunk>``) and only then does the pointer ``mig-<session>.latest`` move to it (atomic
-rename), so a replica that dies mid-save leaves the previous snapshot intact. User snapshots (the
+rename), so a replica that dies mid-save leaves the previous snapshot intact. The pointer keeps the two
+newest snapshots: a replica can die after saving chunk c but before its reply for chunk c-1 reached the
+ingress, and then the ingress asks for chunk c-1, which only the older snapshot can give. User snapshots (the
 ``snapshot`` op, idle retirement) use the plain ids of ``sanawm serve`` in the same directory.
 """
 
@@ -16,6 +18,7 @@ from ..runtime.live import LiveSession
 from ..serve.manager import ID_PATTERN
 
 PREFIX = "mig-"
+KEEP = 2  # snapshots kept per session (see above)
 
 
 def check_id(sid: str) -> str:
@@ -33,39 +36,42 @@ class SnapshotStore:
         return self.root / f"{PREFIX}{check_id(sid)}.latest"
 
     def save(self, sid: str, live: LiveSession) -> dict:
-        """Save ``live`` as the newest migration snapshot of ``sid``; returns its pointer record."""
-        pointer = self._pointer(sid)
-        old = self.latest(sid)
+        """Save ``live`` as the newest migration snapshot of ``sid``; returns it as {"stem", "chunk"}."""
+        kept = self.snapshots(sid)
         stem = f"{PREFIX}{sid}-{live.chunks_done}"
-        if old is not None and old["stem"] == stem:
-            return old  # nothing generated since the last save
+        if kept and kept[0]["stem"] == stem:
+            return kept[0]  # nothing generated since the last save
         live.save(self.root / stem)
-        record = {"stem": stem, "chunk": live.chunks_done}
+        new = {"stem": stem, "chunk": live.chunks_done}
+        pointer = self._pointer(sid)
         tmp = pointer.with_name(pointer.name + ".tmp")
-        tmp.write_text(json.dumps(record))
+        tmp.write_text(json.dumps([new, *kept][:KEEP]))
         os.replace(tmp, pointer)
-        if old is not None:
+        for old in kept[KEEP - 1:]:
             self._remove_stem(old["stem"])
-        return record
+        return new
+
+    def snapshots(self, sid: str) -> list[dict]:
+        """The kept migration snapshots of ``sid``, newest first."""
+        pointer = self._pointer(sid)
+        return json.loads(pointer.read_text()) if pointer.is_file() else []
 
     def latest(self, sid: str) -> dict | None:
-        pointer = self._pointer(sid)
-        if not pointer.is_file():
-            return None
-        return json.loads(pointer.read_text())
+        kept = self.snapshots(sid)
+        return kept[0] if kept else None
 
-    def load(self, sid: str, runtime) -> tuple[LiveSession, int] | None:
-        """The newest migration snapshot of ``sid`` restored on ``runtime`` and its chunk, or None."""
-        record = self.latest(sid)
-        if record is None:
-            return None
-        return LiveSession.restore(self.root / record["stem"], runtime), int(record["chunk"])
+    def load(self, sid: str, runtime, at_most: int | None = None) -> LiveSession | None:
+        """The newest migration snapshot of ``sid`` at or before chunk ``at_most``, restored on ``runtime``."""
+        for snap in self.snapshots(sid):
+            if at_most is None or snap["chunk"] <= at_most:
+                return LiveSession.restore(self.root / snap["stem"], runtime)
+        return None
 
     def forget(self, sid: str) -> None:
-        record = self.latest(sid)
+        kept = self.snapshots(sid)
         self._pointer(sid).unlink(missing_ok=True)
-        if record is not None:
-            self._remove_stem(record["stem"])
+        for snap in kept:
+            self._remove_stem(snap["stem"])
 
     def _remove_stem(self, stem: str) -> None:
         for ext in (".json", ".npz"):

@@ -31,25 +31,29 @@ def test_migration_continues_bit_identically(tiny_bundle, tmp_path):
         assert (await a.reserve(OTHER))["error"] == "busy"  # K = 1
         straight = [await a.step(SID, entry(c), c) for c in range(5)]
         assert [r["index"] for r in straight] == list(range(5)) and not any(r["migrated"] for r in straight)
-        assert SnapshotStore(tmp_path).latest(SID)["chunk"] == 4  # every 4 chunks; the one at 0 was replaced
-        assert len(list(tmp_path.glob("mig-*.npz"))) == 1
-        more = await a.step(SID, entry(5), 5)
+        assert [s["chunk"] for s in SnapshotStore(tmp_path).snapshots(SID)] == [4, 0]  # every 4 chunks, two kept
+        straight += [await a.step(SID, entry(c), c) for c in range(5, 8)]
+        assert [s["chunk"] for s in SnapshotStore(tmp_path).snapshots(SID)] == [8, 4]
+        assert len(list(tmp_path.glob("mig-*.npz"))) == 2  # the one at 0 was removed
 
-        b = engine(tiny_bundle, tmp_path, snapshot_every=4)  # a new replica: it restores from the snapshot at 4
-        told = await b.step(SID, entry(5), 5)
+        # a new replica; the reply for chunk 7 never reached the caller, so it asks for chunk 7 again: the
+        # snapshot at 8 is ahead of it, the one at 4 is used and chunks 4-6 are replayed
+        b = engine(tiny_bundle, tmp_path, snapshot_every=4)
+        told = await b.step(SID, entry(7), 7)
         assert told["at"] == 4 and told["migrated"]
-        again = await b.step(SID, entry(4), 4)
-        assert again["digest"] == straight[4]["digest"]
-        np.testing.assert_array_equal(again["frames"], straight[4]["frames"])
-        after = await b.step(SID, entry(5), 5)
-        assert after["digest"] == more["digest"] and after["replica"] == b.replica
-        np.testing.assert_array_equal(after["poses"], more["poses"])
+        for c in (4, 5, 6):
+            again = await b.step(SID, entry(c), c)
+            assert again["digest"] == straight[c]["digest"]
+            np.testing.assert_array_equal(again["frames"], straight[c]["frames"])
+        after = await b.step(SID, entry(7), 7)
+        assert after["digest"] == straight[7]["digest"] and after["replica"] == b.replica
+        np.testing.assert_array_equal(after["poses"], straight[7]["poses"])
 
         wrong = await b.step(SID, entry(9), 2)  # behind the session: refused, not silently accepted
         assert wrong["error"] == "bad_request"
         await b.close(SID)
         assert SnapshotStore(tmp_path).latest(SID) is None
-        assert (await b.step(SID, entry(6), 6))["error"] == "no_session"
+        assert (await b.step(SID, entry(8), 8))["error"] == "no_session"
 
     asyncio.run(body())
 

@@ -6,3 +6,5 @@ deployment: one bundle per replica, up to K sessions), ``ingress`` (the WebSocke
 ``sanawm serve``), ``relay`` (one client's session as seen by the ingress), ``app`` (builds and runs the
 application), ``cli``. Importing this package imports nothing heavy; Ray loads with ``app``.
 """
+
+DEFAULT_SNAPSHOT_EVERY = 4  # chunks between a session's migration snapshots

@@ -11,7 +11,8 @@ from ray.serve.config import RequestRouterConfig
 
 from ..runtime.live import DEFAULT_MAX_FRAMES
 from ..serve.manager import Limits
-from .engine import DEFAULT_SNAPSHOT_EVERY, FleetEngine
+from . import DEFAULT_SNAPSHOT_EVERY
+from .engine import FleetEngine
 from .ingress import FleetIngress
 from .router import SessionRouter
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 from ..runtime.live import DEFAULT_MAX_FRAMES, LiveSession
+from . import DEFAULT_SNAPSHOT_EVERY
 from .store import SnapshotStore, check_id
-
-DEFAULT_SNAPSHOT_EVERY = 4  # chunks between migration snapshots
 
 
 def busy(message: str) -> dict:
@@ -152,9 +152,13 @@ class FleetEngine:
                 return {"at": live.chunks_done, "replica": self.replica, "migrated": migrated}
             if live.at_limit:
                 return {"error": "max_length", "message": f"the session reached its maximum length of {live.max_frames} frames"}
+            t0 = time.perf_counter()
             out = await self._run(live.step, entry)
             if live.chunks_done % self.snapshot_every == 0:
+                t1 = time.perf_counter()
                 await self._run(self.store.save, sid, live)
+                out.timings["snapshot"] = time.perf_counter() - t1
+            out.timings["engine"] = time.perf_counter() - t0  # this call's time on the replica, queueing excluded
         return {"replica": self.replica, "index": out.index, "frames": out.frames, "poses": out.poses,
                 "velocities": out.velocities, "first_frame": out.first_frame, "seq": out.seq, "timings": out.timings,
                 "digest": frames_digest(out.frames), "at_limit": live.at_limit, "migrated": migrated}

@@ -162,7 +162,8 @@ class Relay:
             slot.frames_ready.set()
             # fleet only: which replica made the chunk, and a hash of its frames (clients may ignore it)
             await send_json(slot, {"type": "chunk", "chunk": reply["index"], "replica": reply["replica"],
-                                   "digest": reply["digest"], "ms": round(dt * 1000.0, 2)})
+                                   "digest": reply["digest"], "ms": round(dt * 1000.0, 2),
+                                   "engine_ms": round(reply["timings"]["engine"] * 1000.0, 2)})
 
     def start_loops(self) -> None:
         for t in self.slot.tasks:

@@ -53,16 +53,37 @@ def build_app(cfg: FleetConfig):
     """The Serve application (bind it with ``serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")``)."""
     cfg.check()
     k = cfg.sessions_per_replica
+    args = (str(Path(cfg.bundle).resolve()), cfg.backend)
+    kwargs = dict(options=cfg.engine_options, max_sessions=k, snapshot_dir=str(Path(cfg.snapshot_dir).resolve()),
+                  snapshot_every=cfg.snapshot_every, max_frames=min(DEFAULT_MAX_FRAMES, cfg.limits.max_frames),
+                  encoder=cfg.encoder)
+    actor = {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
     engine = serve.deployment(
-        FleetEngine, name=ENGINE_NAME, num_replicas=cfg.replicas, max_ongoing_requests=k * QUEUE_PER_SESSION,
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        FleetEngine, name=ENGINE_NAME, num_replicas=cfg.replicas,
+        max_ongoing_requests=k * QUEUE_PER_SESSION, ray_actor_options=actor,
         request_router_config=RequestRouterConfig(request_router_class=SessionRouter),
         graceful_shutdown_timeout_s=DRAIN_TIMEOUT_S,
-    ).bind(str(Path(cfg.bundle).resolve()), cfg.backend, options=cfg.engine_options, max_sessions=k,
-           snapshot_dir=str(Path(cfg.snapshot_dir).resolve()), snapshot_every=cfg.snapshot_every,
-           max_frames=min(DEFAULT_MAX_FRAMES, cfg.limits.max_frames), encoder=cfg.encoder)
+    ).bind(*args, **kwargs)
     ingress = serve.deployment(FleetIngress, name=INGRESS_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0})
-    return ingress.bind(engine, asdict(cfg.limits), cfg.token)
+    return ingress.bind(engine, asdict(cfg.limits), cfg.token)  # nothing that changes with --replicas
+
+
+def app_from_args(args: dict):
+    """Application builder for Serve configs (``serve deploy``): ``import_path: sanawm.fleet.app:app_from_args``,
+    ``args``: the ``FleetConfig`` fields. Deployed this way, a new ``num_replicas`` for the engine deployment
+    is a scale, not a new version: Serve stops only the replicas it drops (each drains its sessions to the
+    others) and the ingress keeps its WebSockets. ``serve.run`` (``run`` below) redeploys everything."""
+    d = dict(args)
+    d["limits"] = Limits(**d.get("limits", {}))
+    return build_app(FleetConfig(**d))
+
+
+def deploy_config(cfg: FleetConfig) -> dict:
+    """The Serve application config that deploys ``cfg`` through ``app_from_args``."""
+    args = asdict(cfg)
+    del args["replicas"]  # set per deployment below: a change of args would make a new code version
+    return {"name": APP_NAME, "route_prefix": "/", "import_path": f"{__name__}:app_from_args", "args": args,
+            "deployments": [{"name": ENGINE_NAME, "num_replicas": cfg.replicas}]}
 
 
 def run(cfg: FleetConfig, host: str, port: int, blocking: bool = True):

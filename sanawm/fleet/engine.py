@@ -73,12 +73,15 @@ class FleetEngine:
             self.encode = _prompt_encoder(SimpleNamespace(tiny_encoder=bool(encoder.get("tiny")),
                                                           stage1_encoder=encoder.get("stage1_encoder")), self.runtime)
         self._prompts: dict[str, object] = {}
+        self.draining = False  # set by drain(): this replica is stopping and takes no session any more
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def _admit(self, sid: str) -> dict | None:
         check_id(sid)
+        if self.draining:
+            return {"error": "draining", "message": f"replica {self.replica} is stopping; the call goes elsewhere"}
         if sid not in self.sessions and len(self.sessions) >= self.max_sessions:
             return busy(f"replica {self.replica} hosts {len(self.sessions)} of {self.max_sessions} sessions")
         self.sessions.setdefault(sid, Hosted())
@@ -188,6 +191,7 @@ class FleetEngine:
 
     def drain(self) -> list[str]:
         """Save every hosted session for migration and free them (scale-down, redeploy, shutdown)."""
+        self.draining = True
         moved = []
         for sid, hosted in list(self.sessions.items()):
             if hosted.live is not None:

@@ -61,6 +61,9 @@ class Relay:
                     raise
                 await asyncio.sleep(RETRY_PERIOD_S)
                 continue
+            if reply.get("error") == "draining" and time.monotonic() < deadline:  # stopping: soon out of the router's set
+                await asyncio.sleep(RETRY_PERIOD_S)
+                continue
             if "error" in reply:
                 raise EngineRefused(reply)
             return reply

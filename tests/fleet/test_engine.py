@@ -65,6 +65,7 @@ def test_drain_saves_and_user_snapshots_resume(tiny_bundle, tmp_path):
         first = [await a.step(SID, entry(c), c) for c in range(3)]
         user = (await a.snapshot(SID))["id"]
         assert a.drain() == [SID] and not a.sessions
+        assert (await a.reserve(OTHER))["error"] == "draining"  # a stopping replica takes nothing new
         assert SnapshotStore(tmp_path).latest(SID)["chunk"] == 3  # the drain saved the newest state
 
         b = engine(tiny_bundle, tmp_path, max_sessions=2)

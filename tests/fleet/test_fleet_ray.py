@@ -4,7 +4,9 @@ session's frames are those of a solo run of its inputs, and a killed replica's s
 survivor from their snapshots, bit-identically."""
 
 import asyncio
+import dataclasses
 import json
+import os
 import socket
 import time
 
@@ -15,7 +17,7 @@ aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("ray.serve")
 from ray import serve  # noqa: E402
 
-from sanawm.fleet.app import ENGINE_NAME, FleetConfig, run  # noqa: E402
+from sanawm.fleet.app import APP_NAME, ENGINE_NAME, FleetConfig, deploy_config  # noqa: E402
 from sanawm.fleet.engine import frames_digest  # noqa: E402
 from sanawm.runtime.live import LiveSession  # noqa: E402
 from sanawm.runtime.prompt import PromptEmbeddings  # noqa: E402
@@ -34,6 +36,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def deploy(cfg: FleetConfig) -> None:
+    """Deploy as an operator would with `serve deploy` (a Serve config naming sanawm.fleet.app:app_from_args),
+    so that a new replica count is a scale rather than a new version."""
+    from ray.serve.schema import ServeDeploySchema
+
+    conf = deploy_config(cfg)
+    if os.environ.get("PYTHONPATH"):  # a checkout run from its folder: Serve's build task must import it too
+        conf["runtime_env"] = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
+    serve.context._get_global_client().deploy_apps(ServeDeploySchema(applications=[conf]), _blocking=True)
+
+
 @pytest.fixture(scope="module")
 def fleet(tiny_bundle, tmp_path_factory):
     snaps = tmp_path_factory.mktemp("fleet-snaps")
@@ -43,8 +56,9 @@ def fleet(tiny_bundle, tmp_path_factory):
                       snapshot_every=2, cpus_per_replica=0, engine_options=ENGINE_OPTIONS,
                       limits=Limits(idle_timeout_s=600))
     try:
-        run(cfg, "127.0.0.1", port, blocking=False)
-        yield f"http://127.0.0.1:{port}", snaps
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        deploy(cfg)
+        yield f"http://127.0.0.1:{port}", snaps, cfg
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -105,12 +119,16 @@ def solo_digests(runtime, scene, seed, log):
     return [frames_digest(c.frames) for c in LiveSession.replay(runtime, image, PromptEmbeddings.zeros(runtime.cfg), seed, log)]
 
 
+def running_engine_replicas() -> int:
+    return serve.status().applications[APP_NAME].deployments[ENGINE_NAME].replica_states.get("RUNNING", 0)
+
+
 def run_async(body):
     asyncio.run(asyncio.wait_for(body(), TEST_TIMEOUT_S))
 
 
 def test_sticky_sessions_admission_and_isolation(fleet, solo_runtime):
-    url, snaps = fleet
+    url, snaps, _ = fleet
     scenes = [("checker", 1), ("road", 2), ("checker", 3), ("road", 4)]
 
     async def body():
@@ -147,7 +165,7 @@ def test_sticky_sessions_admission_and_isolation(fleet, solo_runtime):
 
 
 def test_killed_replica_sessions_resume_on_survivor(fleet, solo_runtime):
-    url, snaps = fleet
+    url, snaps, _ = fleet
 
     async def body():
         async with aiohttp.ClientSession() as http:
@@ -182,6 +200,56 @@ def test_killed_replica_sessions_resume_on_survivor(fleet, solo_runtime):
             log = await a.snapshot_log(snaps)
             assert [a.chunks[i][1] for i in range(len(log))] == solo_digests(solo_runtime, "checker", 7, log)
             for c in (a, b):
+                await c.close()
+
+    run_async(body)
+
+
+def test_scale_down_drains_sessions_to_the_remaining_replica(fleet, solo_runtime):
+    """Last in the module: it leaves one replica. Deploying the app again with one replica (same version)
+    stops one replica gracefully; it saves its sessions on the way out (drain) and they go on on the other
+    replica from those snapshots: no replay, no error, the same frames. The other sessions do not move."""
+    url, snaps, cfg = fleet
+
+    async def body():
+        deadline = time.monotonic() + 90
+        while running_engine_replicas() < 2:  # the replacement of the replica killed above
+            assert time.monotonic() < deadline, "the killed replica was not replaced"
+            await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as http:
+            a = await connect(http, url)
+            while True:  # the ingress's router hears of the new replica a moment after Serve reports it running
+                b = await connect(http, url)
+                if b.hello["replica"] != a.hello["replica"]:
+                    break
+                await b.close()
+                assert time.monotonic() < deadline, "the ingress never placed a session on the new replica"
+                await asyncio.sleep(0.5)
+            runs = {a: ("checker", 11), b: ("road", 12)}
+            for c, (scene, seed) in runs.items():
+                await c.ws.send_json({"op": "start", "scene": scene, "seed": seed, "fps": 0})
+            for c in runs:
+                await c.wait(lambda c=c: len(c.chunks) >= 2)
+            await asyncio.to_thread(deploy, dataclasses.replace(cfg, replicas=1))
+            deadline = time.monotonic() + 60
+            while not any(c.of("resumed") for c in runs):
+                assert time.monotonic() < deadline, "no session moved off the stopped replica"
+                await asyncio.sleep(0.1)
+            mover = next(c for c in runs if c.of("resumed"))
+            stayer = b if mover is a else a
+            n = len(mover.chunks)
+            await mover.wait(lambda: len(mover.chunks) >= n + 2)
+            for c in runs:
+                await c.ws.send_json({"op": "stop"})
+            note = mover.of("resumed")[0]
+            assert note["replica"] == stayer.hello["replica"] and note["replayed"] == 0 and note["identical"], note
+            assert len(mover.of("resumed")) == 1 and not stayer.of("resumed")
+            assert set(stayer.replicas) == {stayer.hello["replica"]} and mover.replicas[-1] == stayer.hello["replica"]
+            for c, (scene, seed) in runs.items():
+                assert not c.of("error")
+                log = await c.snapshot_log(snaps)
+                assert [c.chunks[i][1] for i in range(len(log))] == solo_digests(solo_runtime, scene, seed, log)
+            for c in runs:
                 await c.close()
 
     run_async(body)

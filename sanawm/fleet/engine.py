@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ def replica_name() -> str:
 @dataclass
 class Hosted:
     live: LiveSession | None = None  # None: admitted at connect, not started yet
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one call at a time per session
+    busy: threading.Lock = field(default_factory=threading.Lock)  # held by the thread generating a chunk: drain waits
 
 
 class FleetEngine:
@@ -78,10 +80,13 @@ class FleetEngine:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
+    def _draining(self) -> dict:
+        return {"error": "draining", "message": f"replica {self.replica} is stopping; the call goes elsewhere"}
+
     def _admit(self, sid: str) -> dict | None:
         check_id(sid)
         if self.draining:
-            return {"error": "draining", "message": f"replica {self.replica} is stopping; the call goes elsewhere"}
+            return self._draining()
         if sid not in self.sessions and len(self.sessions) >= self.max_sessions:
             return busy(f"replica {self.replica} hosts {len(self.sessions)} of {self.max_sessions} sessions")
         self.sessions.setdefault(sid, Hosted())
@@ -155,16 +160,26 @@ class FleetEngine:
                 return {"at": live.chunks_done, "replica": self.replica, "migrated": migrated}
             if live.at_limit:
                 return {"error": "max_length", "message": f"the session reached its maximum length of {live.max_frames} frames"}
-            t0 = time.perf_counter()
-            out = await self._run(live.step, entry)
-            if live.chunks_done % self.snapshot_every == 0:
-                t1 = time.perf_counter()
-                await self._run(self.store.save, sid, live)
-                out.timings["snapshot"] = time.perf_counter() - t1
-            out.timings["engine"] = time.perf_counter() - t0  # this call's time on the replica, queueing excluded
+            out = await self._run(self._generate, sid, hosted, entry)
+            if out is None:
+                return self._draining()
         return {"replica": self.replica, "index": out.index, "frames": out.frames, "poses": out.poses,
                 "velocities": out.velocities, "first_frame": out.first_frame, "seq": out.seq, "timings": out.timings,
                 "digest": frames_digest(out.frames), "at_limit": live.at_limit, "migrated": migrated}
+
+    def _generate(self, sid: str, hosted: Hosted, entry: dict):
+        """One chunk, then the periodic snapshot (engine thread; ``busy`` keeps a drain from saving mid-chunk)."""
+        with hosted.busy:
+            if self.draining:  # saved and handed on already: generating here would fork the session
+                return None
+            t0 = time.perf_counter()
+            out = hosted.live.step(entry)
+            if hosted.live.chunks_done % self.snapshot_every == 0:
+                t1 = time.perf_counter()
+                self.store.save(sid, hosted.live)
+                out.timings["snapshot"] = time.perf_counter() - t1
+            out.timings["engine"] = time.perf_counter() - t0  # this call's time on the replica, queueing excluded
+        return out
 
     async def snapshot(self, sid: str) -> dict:
         hosted = self.sessions.get(sid)
@@ -190,13 +205,15 @@ class FleetEngine:
         return {"closed": sid}
 
     def drain(self) -> list[str]:
-        """Save every hosted session for migration and free them (scale-down, redeploy, shutdown)."""
+        """Save every hosted session for migration and free them (scale-down, redeploy, shutdown). A chunk
+        being generated finishes first, so the snapshot is the newest state."""
         self.draining = True
         moved = []
         for sid, hosted in list(self.sessions.items()):
-            if hosted.live is not None:
-                self.store.save(sid, hosted.live)
-                moved.append(sid)
+            with hosted.busy:
+                if hosted.live is not None:
+                    self.store.save(sid, hosted.live)
+                    moved.append(sid)
         self.sessions.clear()
         return moved
 

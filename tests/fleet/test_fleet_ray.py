@@ -206,7 +206,7 @@ def test_killed_replica_sessions_resume_on_survivor(fleet, solo_runtime):
 
 
 def test_scale_down_drains_sessions_to_the_remaining_replica(fleet, solo_runtime):
-    """Last in the module: it leaves one replica. Deploying the app again with one replica (same version)
+    """It leaves one replica. Deploying the app again with one replica (same version)
     stops one replica gracefully; it saves its sessions on the way out (drain) and they go on on the other
     replica from those snapshots: no replay, no error, the same frames. The other sessions do not move."""
     url, snaps, cfg = fleet
@@ -251,5 +251,38 @@ def test_scale_down_drains_sessions_to_the_remaining_replica(fleet, solo_runtime
                 assert [c.chunks[i][1] for i in range(len(log))] == solo_digests(solo_runtime, scene, seed, log)
             for c in runs:
                 await c.close()
+
+    run_async(body)
+
+
+def test_idle_session_is_saved_freed_and_resumed(fleet, solo_runtime):
+    """After the scale-down (one replica, K places). Redeployed with a 2 s idle timeout: a session that
+    gets no message is snapshotted and freed, the client gets the id, and a new connection resumes it."""
+    url, snaps, cfg = fleet
+
+    async def body():
+        await asyncio.to_thread(deploy, dataclasses.replace(cfg, replicas=1, limits=Limits(idle_timeout_s=2.0)))
+        async with aiohttp.ClientSession() as http:
+            a = await connect(http, url)
+            await a.ws.send_json({"op": "start", "scene": "dusk", "seed": 5, "fps": 0})
+            await a.wait(lambda: len(a.chunks) >= 2)
+            await a.ws.send_json({"op": "stop"})
+            await a.wait(lambda: a.of("idle"), timeout=30)
+            sid = a.of("idle")[0]["snapshot"]
+            done = len(a.chunks)
+            await a.wait(lambda: a.ws.closed, timeout=10)
+            # its place is free again: K fresh connections fit on the one replica
+            fresh = [await connect(http, url) for _ in range(K)]
+            for c in fresh:
+                await c.close()
+            b = await connect(http, url)
+            await b.ws.send_json({"op": "resume", "id": sid, "fps": 0})
+            await b.wait(lambda: b.of("started") and len(b.chunks) >= 2)
+            await b.ws.send_json({"op": "stop"})
+            assert b.of("started")[0]["chunks"] == done and min(b.chunks) == done
+            log = await b.snapshot_log(snaps)
+            every = {**a.chunks, **b.chunks}
+            assert [every[i][1] for i in range(len(log))] == solo_digests(solo_runtime, "dusk", 5, log)
+            await b.close()
 
     run_async(body)

@@ -3,7 +3,7 @@
 A replica saves a session every N chunks and when it drains. Each save goes to a fresh stem
 (``mig-<session>-<chunk>``) and only then does the pointer ``mig-<session>.latest`` move to it (atomic
 rename), so a replica that dies mid-save leaves the previous snapshot intact. The pointer keeps the two
-newest snapshots: a replica can die after saving chunk c but before its reply for chunk c-1 reached the
+furthest snapshots: a replica can die after saving chunk c but before its reply for chunk c-1 reached the
 ingress, and then the ingress asks for chunk c-1, which only the older snapshot can give. User snapshots (the
 ``snapshot`` op, idle retirement) use the plain ids of ``sanawm serve`` in the same directory.
 """
@@ -36,23 +36,29 @@ class SnapshotStore:
         return self.root / f"{PREFIX}{check_id(sid)}.latest"
 
     def save(self, sid: str, live: LiveSession) -> dict:
-        """Save ``live`` as the newest migration snapshot of ``sid``; returns it as {"stem", "chunk"}."""
+        """Save ``live`` as a migration snapshot of ``sid``; returns it as {"stem", "chunk"}.
+
+        Two replicas may save one session for a moment (a stopping replica drains a session the router has
+        already moved on); every snapshot is a valid state of the same deterministic session, so the pointer
+        simply keeps the ``KEEP`` furthest ones."""
         kept = self.snapshots(sid)
         stem = f"{PREFIX}{sid}-{live.chunks_done}"
-        if kept and kept[0]["stem"] == stem:
-            return kept[0]  # nothing generated since the last save
-        live.save(self.root / stem)
         new = {"stem": stem, "chunk": live.chunks_done}
+        if any(k["stem"] == stem for k in kept):
+            return new  # nothing generated since that save
+        live.save(self.root / stem)
+        merged = sorted([new, *kept], key=lambda k: -k["chunk"])[:KEEP]
         pointer = self._pointer(sid)
-        tmp = pointer.with_name(pointer.name + ".tmp")
-        tmp.write_text(json.dumps([new, *kept][:KEEP]))
+        tmp = pointer.with_name(f"{pointer.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged))
         os.replace(tmp, pointer)
-        for old in kept[KEEP - 1:]:
-            self._remove_stem(old["stem"])
+        for old in [new, *kept]:
+            if old not in merged:
+                self._remove_stem(old["stem"])
         return new
 
     def snapshots(self, sid: str) -> list[dict]:
-        """The kept migration snapshots of ``sid``, newest first."""
+        """The kept migration snapshots of ``sid``, furthest first."""
         pointer = self._pointer(sid)
         return json.loads(pointer.read_text()) if pointer.is_file() else []
 
@@ -61,24 +67,20 @@ class SnapshotStore:
         return kept[0] if kept else None
 
     def load(self, sid: str, runtime, at_most: int | None = None) -> LiveSession | None:
-        """The newest migration snapshot of ``sid`` at or before chunk ``at_most``, restored on ``runtime``."""
+        """The furthest migration snapshot of ``sid`` at or before chunk ``at_most``, restored on ``runtime``."""
         for snap in self.snapshots(sid):
             if at_most is None or snap["chunk"] <= at_most:
-                return LiveSession.restore(self.root / snap["stem"], runtime)
+                try:
+                    return LiveSession.restore(self.root / snap["stem"], runtime)
+                except ValueError:  # removed by a concurrent save of another replica: take the next one
+                    continue
         return None
 
     def forget(self, sid: str) -> None:
-        kept = self.snapshots(sid)
         self._pointer(sid).unlink(missing_ok=True)
-        for snap in kept:
-            self._remove_stem(snap["stem"])
+        for path in self.root.glob(f"{PREFIX}{check_id(sid)}-*"):  # every stem, a stray one of a drain included
+            path.unlink(missing_ok=True)
 
     def _remove_stem(self, stem: str) -> None:
         for ext in (".json", ".npz"):
             (self.root / (stem + ext)).unlink(missing_ok=True)
-
-    def size_bytes(self, sid: str) -> int:
-        record = self.latest(sid)
-        if record is None:
-            return 0
-        return sum((self.root / (record["stem"] + ext)).stat().st_size for ext in (".json", ".npz"))

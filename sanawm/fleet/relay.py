@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
+
 from ..runtime.steering import parse_keys
 from ..serve.manager import Slot
 from ..serve.player import Player, QueuedFrame
@@ -22,6 +24,7 @@ from ..serve.stream import CHUNK_TIME_SMOOTHING, display_loop, lead_frames, send
 
 MIGRATE_DEADLINE_S = 120.0  # how long a session waits for a replica to take it over
 RETRY_PERIOD_S = 0.25
+MAX_MOVES = 4  # moves within one chunk (a replica dying while another replays) before giving up
 
 
 class EngineRefused(Exception):
@@ -48,7 +51,6 @@ class Relay:
         self.replica: str | None = None
         self.started = False
         self.at_limit = False
-        self.migrations: list[dict] = []
 
     # ------------------------------------------------------------------ engine calls (sticky by session id)
     async def call(self, method: str, *args) -> dict:
@@ -86,8 +88,6 @@ class Relay:
 
     async def start(self, image, prompt: str, seed: int, fps: float) -> dict:
         started = self._begin(await self.call("open", image, prompt, seed), fps)
-        import numpy as np
-
         # the first frame is shown at once (as in sanawm serve), so keys pressed before chunk 0 already move the view
         self.slot.player.queue.append(QueuedFrame(image, np.asarray(self.info["pose"]), np.zeros(4), -1, 0, -1, {}))
         return started
@@ -115,11 +115,14 @@ class Relay:
     async def next_chunk(self) -> dict:
         entry = self.entries.get(self.chunk) or self._take_entry()
         self.entries[self.chunk] = entry
-        reply = await self.call("step", entry, self.chunk)
-        if "at" in reply:  # restored from a snapshot behind us: replay to here, then generate
-            await self._replay(reply)
+        for _ in range(MAX_MOVES):
             reply = await self.call("step", entry, self.chunk)
-        elif reply["migrated"]:
+            if "at" not in reply:
+                break
+            await self._replay(reply)  # restored from a snapshot behind us: replay to here, then generate
+        else:
+            raise RuntimeError(f"session {self.sid} moved {MAX_MOVES} times within chunk {self.chunk}; start it anew")
+        if reply["migrated"]:  # restored exactly where it was (a drain snapshot): nothing to replay
             await self._announce(reply["replica"], self.chunk, 0, True)
         self.replica = reply["replica"]
         self.digests[reply["index"]] = reply["digest"]
@@ -131,16 +134,15 @@ class Relay:
         start, identical = reply["at"], True
         for c in range(start, self.chunk):
             again = await self.call("step", self.entries[c], c)
-            if "at" in again:
-                raise RuntimeError(f"session {self.sid} moved again while replaying chunk {c}")
+            if "at" in again:  # moved again meanwhile: the caller starts over from where that replica stands
+                return
             identical &= again["digest"] == self.digests.get(c)
         await self._announce(reply["replica"], start, self.chunk - start, identical)
 
     async def _announce(self, replica: str, from_chunk: int, replayed: int, identical: bool) -> None:
         note = {"type": "resumed", "id": self.sid, "replica": replica, "from_chunk": from_chunk, "replayed": replayed,
-                "identical": identical, "message": f"the session moved to replica {replica}; it continues from its "
-                                                   f"snapshot at chunk {from_chunk}"}
-        self.migrations.append(note)
+                "identical": identical,
+                "message": f"the session moved to replica {replica}; it continues from its snapshot at chunk {from_chunk}"}
         await send_json(self.slot, note)
 
     async def generate_loop(self) -> None:

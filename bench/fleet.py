@@ -8,7 +8,9 @@
   the ingress's round trip for a chunk minus the replica's own time for it;
 * per-chunk latency vs sessions per replica (1, 2, 4; one replica, unpaced sessions over WebSockets);
 * snapshot size and save / restore time at the tiny config, and the size computed at the full config from
-  the tensor contracts (``bench/fleet_sizing.py``, checked against the measured tiny snapshot first).
+  the tensor contracts (``bench/fleet_sizing.py``, checked against the measured tiny snapshot first);
+* migration: two replicas, a session on each; one replica is killed while its session runs; time from the
+  kill to the "resumed" message and to the next chunk, at the client.
 """
 
 from __future__ import annotations
@@ -138,6 +140,43 @@ async def run_sessions(url: str, k: int) -> dict:
             "chunks_per_s_total": round((len(msgs) - k) / span, 2) if span > 0 else None}
 
 
+async def migration(url: str) -> dict:
+    import aiohttp
+    import ray
+
+    from sanawm.fleet.app import ENGINE_NAME
+
+    async with aiohttp.ClientSession() as http:
+        wss, hellos = [], []
+        for seed in (1, 2):
+            ws = await http.ws_connect(url + "/ws")
+            hellos.append(await ws.receive_json())
+            await ws.send_json({"op": "start", "scene": "road", "seed": seed, "fps": 0})
+            wss.append(ws)
+        doomed = hellos[0]["replica"]
+        name = next(n["name"] for n in ray.util.list_named_actors(all_namespaces=True)
+                    if f"#{ENGINE_NAME}#" in n["name"] and n["name"].endswith("#" + doomed))
+        chunks, t_kill, t_resumed, note = 0, None, None, None
+        async for m in wss[0]:
+            if m.type != aiohttp.WSMsgType.TEXT:
+                continue
+            msg = json.loads(m.data)
+            if msg["type"] == "chunk":
+                chunks += 1
+                if t_resumed is not None:
+                    t_chunk = time.perf_counter()
+                    break
+                if chunks == 3:
+                    t_kill = time.perf_counter()
+                    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+            elif msg["type"] == "resumed":
+                t_resumed, note = time.perf_counter(), msg
+        for ws in wss:
+            await ws.close()
+    return {"kill_to_resumed_ms": round((t_resumed - t_kill) * 1000.0, 1),
+            "kill_to_next_chunk_ms": round((t_chunk - t_kill) * 1000.0, 1), "resumed": note}
+
+
 async def noop_calls() -> dict:
     from ray import serve
 
@@ -236,6 +275,10 @@ def main(argv=None) -> int:
             result["noop_sticky_call_ms"] = asyncio.run(noop_calls())
             result["per_chunk_vs_sessions_per_replica"] = [asyncio.run(run_sessions(url, k)) for k in (1, 2, 4)]
             print(json.dumps(result["per_chunk_vs_sessions_per_replica"], indent=1), file=sys.stderr)
+            serve.delete("sanawm")
+            run(FleetConfig(**{**cfg.__dict__, "replicas": 2, "snapshot_every": 2}), "127.0.0.1", port, blocking=False)
+            result["migration"] = asyncio.run(migration(url))
+            print(json.dumps(result["migration"], indent=1), file=sys.stderr)
             serve.delete("sanawm")
             result["stickiness"] = asyncio.run(stickiness())
     finally:

@@ -34,13 +34,13 @@ class EngineRefused(Exception):
 
 
 def _replica_gone(e: Exception) -> bool:
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError  # ActorDiedError and ActorUnavailableError are both this
 
-    return isinstance(e, RayActorError) or type(e).__name__ in ("ActorDiedError", "ActorUnavailableError")
+    return isinstance(e, RayActorError)
 
 
 class Relay:
-    def __init__(self, sid: str, engine, ws, render_pool, log_replicas: bool = False):
+    def __init__(self, sid: str, engine, ws, render_pool):
         self.sid, self.engine = sid, engine
         self.slot = Slot(sid, ws=ws)
         self.render_pool = render_pool  # serve.stream's send_shown reads manager.render_pool

@@ -40,6 +40,9 @@ def add_arguments(p) -> None:
                                                                "bundles; the default for the demo bundle)")
     p.add_argument("--stage1-encoder", help="local Gemma-2 folder for prompts (without it, and without "
                                             "--tiny-encoder, prompts are empty)")
+    from ..fleet.cli import add_arguments as add_fleet_arguments  # --ray and its flags (sanawm.fleet)
+
+    add_fleet_arguments(p)
 
 
 def _ensure_demo_bundle(bundle: Path) -> None:
@@ -88,6 +91,9 @@ def serve(args) -> int:
     for name in ("max_sessions", "idle_timeout", "max_seconds"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
+    from ..fleet.cli import check_flags, serve_ray
+
+    check_flags(args)
     if args.bundle is None:
         bundle = Path(DEFAULT_BUNDLE)
         _ensure_demo_bundle(bundle)
@@ -96,6 +102,8 @@ def serve(args) -> int:
         bundle = Path(args.bundle)
         if not bundle.is_dir():
             raise UserError(f"--bundle {bundle} does not exist; build one with sanawm-export or omit --bundle for the demo")
+    if args.ray:
+        return serve_ray(args, bundle, Limits(idle_timeout_s=args.idle_timeout, max_seconds=args.max_seconds))
     options = {"threads": args.threads} if args.threads and args.backend == "onnxruntime" else {}
     runtime = Runtime.load(bundle, args.backend, verify=args.verify, **options)
     if not runtime.has_decoder or not runtime.has_encoder:

@@ -74,6 +74,7 @@ function onJson(msg, onHello) {
     window.open(location.pathname + "?attach=" + encodeURIComponent(msg.id) + location.hash, "_blank");
   } else if (msg.type === "error") { stats.errors.push(msg); log(`error ${msg.code}: ${msg.message}`); }
   else if (msg.type === "status") log(msg.message);
+  else if (msg.type === "resumed") log(msg.message);  // the fleet moved the session to another replica
   else if (msg.type === "idle" || msg.type === "end") {
     log(msg.message); if (msg.snapshot) $("resume-id").value = msg.snapshot;
   }

@@ -115,30 +115,20 @@ def lower_nvfp4_placeholders(model, form: str = "trt"):
     """Rewrite ``sanawm.NVFP4QDQ`` placeholders (see the module docstring); bumps the graph to opset 23 and IR 11.
 
     Returns the model (modified in place); a model without NVFP4 placeholders is returned unchanged."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     if form not in FORMS:
         raise QuantizeError(f"unknown NVFP4 graph form {form!r}; choose one of {FORMS}")
-    g = model.graph
-    nodes = list(g.node)
-    if not any(n.domain == PLACEHOLDER_DOMAIN and n.op_type == NVFP4_OP for n in nodes):
-        return model
-    inits = {t.name: t for t in g.initializer}
-    consts = {n.output[0]: n for n in nodes if n.op_type == "Constant" and n.domain == ""}
-    users: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    from .onnx_index import GraphIndex
 
-    def const_array(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        if name in consts:
-            return numpy_helper.to_array(consts[name].attribute[0].t)
-        return None
+    g = model.graph
+    idx = GraphIndex(g)
+    if not any(n.domain == PLACEHOLDER_DOMAIN and n.op_type == NVFP4_OP for n in idx.nodes):
+        return model
+    const_array = idx.const_array
 
     new_nodes, new_inits, drop = [], [], set()
-    for n in nodes:
+    for n in idx.nodes:
         if not (n.domain == PLACEHOLDER_DOMAIN and n.op_type == NVFP4_OP):
             new_nodes.append(n)
             continue
@@ -154,9 +144,7 @@ def lower_nvfp4_placeholders(model, form: str = "trt"):
         new_inits += i_
         new_nodes += n_
         for used in ([x] if w is not None else []) + [s]:
-            users[used] -= 1
-            if users[used] == 0 and used in inits:
-                drop.add(used)
+            idx.release(used, drop)
     del g.node[:]
     g.node.extend(new_nodes)
     keep = [t for t in g.initializer if t.name not in drop] + new_inits

@@ -305,29 +305,16 @@ def lower_fp8_placeholders(model):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    g = model.graph
-    nodes = list(g.node)
-    if not any(n.domain == PLACEHOLDER_DOMAIN for n in nodes):
-        return model
-    inits = {t.name: t for t in g.initializer}
-    # constants produced by Constant nodes count as initializers too
-    consts = {n.output[0]: n for n in nodes if n.op_type == "Constant" and n.domain == ""}
-    users: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
-    for o in g.output:
-        users[o.name] = users.get(o.name, 0) + 1
+    from .onnx_index import GraphIndex
 
-    def const_array(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        if name in consts:
-            return numpy_helper.to_array(consts[name].attribute[0].t)
-        return None
+    g = model.graph
+    idx = GraphIndex(g)
+    if not any(n.domain == PLACEHOLDER_DOMAIN for n in idx.nodes):
+        return model
+    const_array = idx.const_array
 
     new_nodes, drop_inits = [], set()
-    for n in nodes:
+    for n in idx.nodes:
         if n.domain != PLACEHOLDER_DOMAIN:
             new_nodes.append(n)
             continue
@@ -357,16 +344,12 @@ def lower_fp8_placeholders(model):
             wname = f"{tag}_fp8"
             g.initializer.append(numpy_helper.from_array(wq, wname))
             new_nodes.append(helper.make_node("DequantizeLinear", [wname, sname, zname], [n.output[0]], name=f"{tag}.DQ", **qattrs))
-            users[x] -= 1
-            if users[x] == 0 and x in inits:
-                drop_inits.add(x)
+            idx.release(x, drop_inits)
         else:
             qout = f"{tag}.q"
             new_nodes.append(helper.make_node("QuantizeLinear", [x, sname, zname], [qout], name=f"{tag}.Q", saturate=1, **qattrs))
             new_nodes.append(helper.make_node("DequantizeLinear", [qout, sname, zname], [n.output[0]], name=f"{tag}.DQ", **qattrs))
-        users[s] -= 1
-        if users[s] == 0 and s in inits:
-            drop_inits.add(s)
+        idx.release(s, drop_inits)
     del g.node[:]
     g.node.extend(new_nodes)
     keep = [t for t in g.initializer if t.name not in drop_inits]

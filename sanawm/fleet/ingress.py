@@ -22,7 +22,7 @@ from ray import serve
 from ..serve.app import DEFAULT_FPS, STATIC
 from ..serve.images import SCENES, decode_upload, encode_jpeg, scene_image
 from ..serve.manager import RETRY_AFTER_S, Limits
-from ..serve.protocol import ProtocolError, error, parse_message
+from ..serve.protocol import ProtocolError, error, parse_message, start_image
 from ..serve.stream import send_json
 from .relay import EngineRefused, Relay, need_started
 
@@ -179,13 +179,7 @@ class FleetIngress:
     async def op_start(self, relay: Relay, msg: dict) -> None:
         if relay.started:
             raise ProtocolError("already_started", "this connection already runs a session; open another to start a new one")
-        hw = tuple((await self._describe())["image_hw"])
-        if "upload" in msg:
-            if msg["upload"] not in self.uploads:
-                raise ProtocolError("unknown_upload", f"no upload {msg['upload']!r}; POST the image to /api/upload first")
-            image = self.uploads[msg["upload"]]
-        else:
-            image = scene_image(msg.get("scene", "road"), hw)
+        image = start_image(msg, self.uploads, tuple((await self._describe())["image_hw"]))
         started = await relay.start(image, msg.get("prompt", ""), msg.get("seed", 0), msg.get("fps", DEFAULT_FPS))
         relay.start_loops()
         await send_json(relay.slot, started)

@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, web
 from .images import SCENES, decode_upload, encode_jpeg, scene_image
 from .manager import RETRY_AFTER_S, Busy, Limits, SessionManager
 from .player import QueuedFrame
-from .protocol import MOUSE_DEG_PER_PX, ProtocolError, error, parse_message
+from .protocol import MOUSE_DEG_PER_PX, ProtocolError, error, parse_message, start_image
 from .stream import send_json, send_shown, start_loops
 
 STATIC = Path(__file__).with_name("static")
@@ -162,13 +162,7 @@ def _need_live(slot):
 async def op_start(mgr, slot, msg):
     if slot.live is not None:
         raise ProtocolError("already_started", "this connection already runs a session; open another to start a new one")
-    hw = mgr.runtime.image_hw
-    if "upload" in msg:
-        if msg["upload"] not in mgr.uploads:
-            raise ProtocolError("unknown_upload", f"no upload {msg['upload']!r}; POST the image to /api/upload first")
-        image = mgr.uploads[msg["upload"]]
-    else:
-        image = scene_image(msg.get("scene", "road"), hw)
+    image = start_image(msg, mgr.uploads, mgr.runtime.image_hw)
     text = msg.get("prompt", "")
     if text and mgr.prompt_encoder is not None and text not in mgr._prompts:
         await send_json(slot, {"type": "status", "message": "encoding the prompt (the first time takes a while)"})

@@ -104,3 +104,14 @@ def unpack_frame(data: bytes) -> tuple[dict, bytes]:
 
 def error(code: str, message: str) -> dict:
     return {"type": "error", "code": code, "message": message}
+
+
+def start_image(msg: dict, uploads: dict, hw) :
+    """The first frame a ``start`` message asks for: an uploaded image by id, else a built-in scene."""
+    from .images import scene_image
+
+    if "upload" in msg:
+        if msg["upload"] not in uploads:
+            raise ProtocolError("unknown_upload", f"no upload {msg['upload']!r}; POST the image to /api/upload first")
+        return uploads[msg["upload"]]
+    return scene_image(msg.get("scene", "road"), hw)

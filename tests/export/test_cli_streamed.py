@@ -87,3 +87,28 @@ def test_depth_reduced_check_path(ckpt, tmp_path, monkeypatch):
     assert rec["ort_check_depth"] == tiny().softmax_every_n < tiny().num_layers
     assert rec["ort_check_rel_error"] < 1e-3
     assert not list((tmp_path / "s").glob(".check-*"))  # the check graph is not left in the bundle
+
+
+def _scales(onnx_path) -> dict:
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith(".scale")}
+
+
+@pytest.mark.slow
+def test_streamed_fp8_matches_whole_model_fp8(ckpt, tmp_path):
+    """Block-streamed calibration gives the whole-model path's FP8 scales (weights and activations), the same
+    layer set and policy, and the streamed graph passes the same teacher-forced check."""
+    import numpy as np
+
+    whole = _export(ckpt, tmp_path / "whole", "--fp8", "--calib-chunks", "1")
+    streamed = _export(ckpt, tmp_path / "streamed", "--fp8", "--calib-chunks", "1", "--streamed")
+    rw, rs = (m["engines"]["generator"]["files"]["onnx"] for m in (whole, streamed))
+    assert rs["fp8_layers"] == rw["fp8_layers"] and rs["precision_policy"] == rw["precision_policy"]
+    assert rs["ort_check_fp8_forced_rel_error"] < 1e-3 and rs["kv_max_abs"] == pytest.approx(rw["kv_max_abs"], rel=1e-5)
+    sw, ss = _scales(tmp_path / "whole" / "generator.onnx"), _scales(tmp_path / "streamed" / "generator.onnx")
+    assert sw.keys() == ss.keys() and len(sw) >= 2 * len(rw["fp8_layers"])
+    for k in sw:
+        np.testing.assert_allclose(ss[k], sw[k], rtol=1e-5, err_msg=k)

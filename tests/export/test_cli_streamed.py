@@ -30,8 +30,8 @@ def ckpt(tmp_path_factory):
     return path
 
 
-def _export(ckpt, out, *extra) -> dict:
-    argv = ["--checkpoint", str(ckpt), "--config", "tiny", "--engines", "generator", "--out", str(out), *extra]
+def _export(ckpt, out, *extra, config="tiny") -> dict:
+    argv = ["--checkpoint", str(ckpt), "--config", config, "--engines", "generator", "--out", str(out), *extra]
     assert cli.main(argv) == 0
     return json.loads((out / "manifest.json").read_text())
 
@@ -93,18 +93,22 @@ def _scales(onnx_path) -> dict:
     import onnx
     from onnx import numpy_helper
 
-    m = onnx.load(str(onnx_path), load_external_data=False)
+    m = onnx.load(str(onnx_path))  # tiny graph: its external data loads with it
     return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith(".scale")}
 
 
 @pytest.mark.slow
-def test_streamed_fp8_matches_whole_model_fp8(ckpt, tmp_path):
-    """Block-streamed calibration gives the whole-model path's FP8 scales (weights and activations), the same
-    layer set and policy, and the streamed graph passes the same teacher-forced check."""
+def test_streamed_fp8_matches_whole_model_fp8(tmp_path):
+    """Block-streamed calibration (world config: its built-in calibration set) gives the whole-model path's FP8
+    scales (weights and activations), layer set and policy, and the streamed graph passes the teacher-forced check."""
     import numpy as np
 
-    whole = _export(ckpt, tmp_path / "whole", "--fp8", "--calib-chunks", "1")
-    streamed = _export(ckpt, tmp_path / "streamed", "--fp8", "--calib-chunks", "1", "--streamed")
+    from sanawm.config import world
+
+    ckpt = tmp_path / "world.safetensors"
+    write_random_checkpoint(world(), ckpt, seed=4)
+    whole = _export(ckpt, tmp_path / "whole", "--fp8", "--calib-chunks", "1", config="world")
+    streamed = _export(ckpt, tmp_path / "streamed", "--fp8", "--calib-chunks", "1", "--streamed", config="world")
     rw, rs = (m["engines"]["generator"]["files"]["onnx"] for m in (whole, streamed))
     assert rs["fp8_layers"] == rw["fp8_layers"] and rs["precision_policy"] == rw["precision_policy"]
     assert rs["ort_check_fp8_forced_rel_error"] < 1e-3 and rs["kv_max_abs"] == pytest.approx(rw["kv_max_abs"], rel=1e-5)

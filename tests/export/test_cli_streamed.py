@@ -1,6 +1,6 @@
 """``sanawm-export --streamed``: the memory-bounded generator export gives the same bundle entry and the same numbers
 on ONNX Runtime as the whole-model export of the same official-format safetensors file; bad combinations are refused
-with a one-line message naming the fix; (slow) the depth-reduced check path and an FP8 streamed export."""
+with a one-line message naming the fix; both exports are slow (two ~35 s traces each)."""
 
 from __future__ import annotations
 
@@ -46,14 +46,19 @@ def _same_numbers(a_dir, b_dir, cfg) -> float:
     return worst
 
 
-def test_streamed_fp32_equals_whole_model_export(ckpt, tmp_path):
+@pytest.mark.slow
+def test_streamed_fp32_equals_whole_model_export(ckpt, tmp_path, monkeypatch):
+    """Also the check path of a model above CHECK_WHOLE_BYTES: a softmax_every_n-block graph of the same path (the
+    whole-graph check runs in the FP8 test)."""
     whole = _export(ckpt, tmp_path / "whole")
+    monkeypatch.setattr(generator_streamed, "CHECK_WHOLE_BYTES", 0)
     streamed = _export(ckpt, tmp_path / "streamed", "--streamed")
     ew, es = whole["engines"]["generator"], streamed["engines"]["generator"]
     for k in ("kind", "inputs", "outputs", "profiles", "state_map", "precision"):
         assert es[k] == ew[k], k
     rec = es["files"]["onnx"]
-    assert rec["streamed"] is True and rec["ort_check_depth"] == tiny().num_layers
+    assert rec["streamed"] is True and rec["ort_check_depth"] == tiny().softmax_every_n < tiny().num_layers
+    assert not list((tmp_path / "streamed").glob(".check-*"))  # the check graph is not left in the bundle
     assert rec["ort_check_rel_error"] < 1e-3 and rec["external_data"]
     assert streamed["generator_config"] == whole["generator_config"]
     assert _same_numbers(tmp_path / "whole", tmp_path / "streamed", tiny()) < SAME_TOL
@@ -79,16 +84,6 @@ def test_refusal_reaches_the_command_line(tmp_path, capsys):
     assert "--streamed" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_depth_reduced_check_path(ckpt, tmp_path, monkeypatch):
-    """A model above CHECK_WHOLE_BYTES is checked on a softmax_every_n-block graph of the same path."""
-    monkeypatch.setattr(generator_streamed, "CHECK_WHOLE_BYTES", 0)
-    rec = _export(ckpt, tmp_path / "s", "--streamed")["engines"]["generator"]["files"]["onnx"]
-    assert rec["ort_check_depth"] == tiny().softmax_every_n < tiny().num_layers
-    assert rec["ort_check_rel_error"] < 1e-3
-    assert not list((tmp_path / "s").glob(".check-*"))  # the check graph is not left in the bundle
-
-
 def _scales(onnx_path) -> dict:
     import onnx
     from onnx import numpy_helper
@@ -111,7 +106,8 @@ def test_streamed_fp8_matches_whole_model_fp8(tmp_path):
     streamed = _export(ckpt, tmp_path / "streamed", "--fp8", "--calib-chunks", "1", "--streamed", config="world")
     rw, rs = (m["engines"]["generator"]["files"]["onnx"] for m in (whole, streamed))
     assert rs["fp8_layers"] == rw["fp8_layers"] and rs["precision_policy"] == rw["precision_policy"]
-    assert rs["ort_check_fp8_forced_rel_error"] < 1e-3 and rs["kv_max_abs"] == pytest.approx(rw["kv_max_abs"], rel=1e-5)
+    assert rs["ort_check_depth"] == world().num_layers and rs["ort_check_fp8_forced_rel_error"] < 1e-3
+    assert rs["kv_max_abs"] == pytest.approx(rw["kv_max_abs"], rel=1e-5)
     sw, ss = _scales(tmp_path / "whole" / "generator.onnx"), _scales(tmp_path / "streamed" / "generator.onnx")
     assert sw.keys() == ss.keys() and len(sw) >= 2 * len(rw["fp8_layers"])
     for k in sw:

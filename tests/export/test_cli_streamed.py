@@ -75,7 +75,8 @@ def test_streamed_fp32_equals_whole_model_export(ckpt, tmp_path, monkeypatch):
 def test_bad_combinations_refused(extra, fix, tmp_path):
     extra = [str(tmp_path) if x == "DIR" else x for x in extra]
     with pytest.raises(click.UsageError) as e:
-        cli.parse_args(["--streamed", "--engines", "generator", "--config", "tiny", "--out", str(tmp_path / "b"), *extra])
+        cli.parse_args(["--streamed", "--engines", "generator", "--config", "tiny", "--out", str(tmp_path / "b"),
+                        *extra])
     assert fix in str(e.value) and "\n" not in str(e.value)
 
 

@@ -35,7 +35,8 @@ def streamed_refusal(a) -> str | None:
         return (f"--streamed reads an official-format .safetensors file, not {Path(ck).suffix or 'this'} ({ck}): "
                 "convert it to .safetensors or drop --streamed")
     if a.precision not in STREAMED_PRECISIONS:
-        return f"--streamed exports {' / '.join(STREAMED_PRECISIONS)}, not {a.precision}: change --precision or drop --streamed"
+        return (f"--streamed exports {' / '.join(STREAMED_PRECISIONS)}, not {a.precision}: change --precision or "
+                "drop --streamed")
     if GENERATOR not in a.engines:
         return f"--streamed applies to the {GENERATOR!r} engine; add it to --engines or drop --streamed"
     if a.act_scale != "max":

@@ -1,6 +1,6 @@
 """``sanawm-export``: checkpoint -> engine bundle (ONNX, FP8 Q/DQ, TensorRT / TensorRT-RTX plans, manifest).
 
-    sanawm-export --checkpoint PATH | --random  [--config tiny|full|world]  --out DIR  [--vae VAE_DIR]
+    sanawm-export --checkpoint PATH | --random  [--config tiny|full|world]  --out DIR  [--vae VAE_DIR] [--streamed]
                   [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8|nvfp4]
                   [--engines generator,vae_encoder,vae_decoder,refiner]
                   [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
@@ -138,6 +138,12 @@ def resolve(p: dict) -> SimpleNamespace:
              "SanaWMLTX2RefinerTransformer3DModel folder), leave them out of --engines, or pass --no-refiner")
     a.weight_streaming = _weight_streaming(a.weight_streaming, a.backends)
     _precision_policy(a)
+    if a.streamed:  # the memory-bounded generator export (sanawm.export.families.generator_streamed)
+        from .families.generator_streamed import streamed_refusal
+
+        msg = streamed_refusal(a)
+        if msg:
+            _bad(msg)
     if any(e in VAE_ENGINES for e in a.engines) and a.vae is None and not a.random:
         _bad("the VAE engines need the VAE weights: pass --vae PATH (the checkpoint's vae/ folder, a diffusers "
              "AutoencoderKLLTX2Video) or leave them out of --engines")
@@ -194,6 +200,10 @@ def export_options(f):
         option("inputs", "--refiner", type=click.Path(path_type=Path), help="diffusers "
                "SanaWMLTX2RefinerTransformer3DModel folder (the refiner's transformer/ or repo root)"),
         option("inputs", "--no-refiner", is_flag=True, help="do not export the refiner engines"),
+        option("inputs", "--streamed", is_flag=True, help="memory-bounded generator export: the graph is traced "
+               "without weights, FP8 calibration loads one block at a time and the weights stream from the official "
+               ".safetensors --checkpoint into generator.onnx.data (peak RAM ~ one block + activations); fp32 / fp8; "
+               "the VAE and refiner engines take the whole-model path"),
         option("inputs", "--engines", default=None, help=f"comma list of {','.join(ALL_ENGINES)}; default: the "
                "generator, plus the VAE engines with --random or --vae, plus the refiner engines with --random or "
                "--refiner (unless --no-refiner)"),

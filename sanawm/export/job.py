@@ -30,6 +30,8 @@ class EngineJob:
     profiles: dict | None = None
     dims: dict | None = None
     profile_samples: Callable[[str], dict] | None = None
+    # the ONNX stage, when not ``pipeline.export_and_check`` (same signature): the streamed generator (--streamed)
+    export: Callable | None = None
 
 
 def json_config(cfg) -> dict:

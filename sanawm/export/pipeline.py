@@ -45,8 +45,14 @@ def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | 
     if gen_names:
         from .families.generator import generator_jobs, load_generator_model
 
-        model = load_generator_model(a.checkpoint, cfg, a.seed)
-        jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks, kv_dtype=kv, calibrate=_generator_calibration(a, cfg))
+        if getattr(a, "streamed", False):  # ghost model, weights streamed from the file (families.generator_streamed)
+            from .families.generator_streamed import streamed_generator_jobs
+
+            jobs += streamed_generator_jobs(a, cfg, gen_names, kv, calibrate=_generator_calibration(a, cfg))
+        else:
+            model = load_generator_model(a.checkpoint, cfg, a.seed)
+            jobs += generator_jobs(cfg, model, gen_names, a.calib_chunks, kv_dtype=kv,
+                                   calibrate=_generator_calibration(a, cfg))
     if vae_names:
         from .families.vae import prepare_vae
 
@@ -243,7 +249,8 @@ def run_export(a) -> Path:
             if precision in CALIBRATED_PRECISIONS:  # another calibration set or policy re-exports the stage
                 key.update(_precision_record(a))
         try:
-            w.stage_onnx(job.name, key, lambda art, job=job, precision=precision: export_and_check(job, art, precision, a, opset))
+            w.stage_onnx(job.name, key, lambda art, job=job, precision=precision:
+                         (job.export or export_and_check)(job, art, precision, a, opset))
         except FP16RangeError as e:  # bad input for this precision, not a bug: say which layers and what to do
             raise ExportInputError(f"[{job.name}] {e}") from e
         build_plans(w, job, a)

@@ -120,7 +120,9 @@ def test_help_has_option_sections_and_version():
     rc, _, out = invoke(export_command, ["--help"])
     assert rc == 0 and {"Inputs options:", "Precision options:", "Backend options:", "Output options:"} <= set(
         out.splitlines())
-    assert "[fp32|fp16|fp8]" in out
+    from sanawm.export.cli import PRECISIONS
+
+    assert f"[{'|'.join(PRECISIONS)}]" in out
     for command in (cli, export_command):
         rc, _, out = invoke(command, ["--version"])
         assert rc == 0 and out.strip().endswith(__version__)

@@ -69,14 +69,14 @@ def serve_ray(args, bundle: Path, limits) -> int:
         cfg.check()
     except ValueError as e:
         raise UserError(str(e)) from None
-    run(cfg, args.host, args.port, blocking=False)
-    print(f"sanawm serve --ray: {bundle} on http://{args.host}:{args.port}/ ({replicas} replicas x "
-          f"{cfg.sessions_per_replica} sessions; snapshots in {snapshot_dir})", file=sys.stderr)
-    try:
+    try:  # Ctrl-C is how a server stops, also while Serve is still reporting the deployment healthy
+        run(cfg, args.host, args.port, blocking=False)
+        print(f"sanawm serve --ray: {bundle} on http://{args.host}:{args.port}/ ({replicas} replicas x "
+              f"{cfg.sessions_per_replica} sessions; snapshots in {snapshot_dir})", file=sys.stderr)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("sanawm serve --ray: stopping the fleet", file=sys.stderr)
     finally:
         serve.shutdown()
     return 0

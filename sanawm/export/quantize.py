@@ -234,13 +234,17 @@ def select_quantizable(model: nn.Module, include: Iterable[str] | None = None, e
 
 def prepare_fp8(model: nn.Module, names: Iterable[str], *, per_channel_weights: bool = True) -> nn.Module:
     """A deep copy of ``model`` with the named Linear/Conv modules swapped for FP8 wrappers (mode "float")."""
-    q = copy.deepcopy(model)
+    return prepare_fp8_inplace(copy.deepcopy(model), names, per_channel_weights=per_channel_weights)
+
+
+def prepare_fp8_inplace(module: nn.Module, names: Iterable[str], *, per_channel_weights: bool = True) -> nn.Module:
+    """Swap the named Linear/Conv layers of ``module`` for FP8 wrappers in place (they share the parameters)."""
     for name in names:
         parent_name, _, attr = name.rpartition(".")
-        parent = q.get_submodule(parent_name) if parent_name else q
+        parent = module.get_submodule(parent_name) if parent_name else module
         m = getattr(parent, attr)
         setattr(parent, attr, _WRAP[type(m)].wrap(m, name, per_channel_weights))
-    return q
+    return module
 
 
 def quantizers(model: nn.Module) -> dict[str, _FP8Base]:

@@ -33,21 +33,11 @@ import torch
 from torch import nn
 
 from ..spec import StepIO
-from .quantize import (FP8_E4M3_MAX, PLACEHOLDER_DOMAIN, PLACEHOLDER_OP, CalibrationReport, QuantizeError, _WRAP,
-                       quantizers, select_quantizable)
+from .quantize import (FP8_E4M3_MAX, PLACEHOLDER_DOMAIN, PLACEHOLDER_OP, CalibrationReport, QuantizeError,
+                       prepare_fp8_inplace, quantizers, select_quantizable)
 from .weights_stream import WeightSource, release_freed_weights, repeated_units
 
 log = logging.getLogger("sanawm.export")
-
-
-def prepare_fp8_inplace(module: nn.Module, names) -> nn.Module:
-    """Swap the named Linear/Conv layers of ``module`` for FP8 wrappers in place (they share the parameters)."""
-    for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        m = getattr(parent, attr)
-        setattr(parent, attr, _WRAP[type(m)].wrap(m, name, True))
-    return module
 
 
 class _UnitStreamer:

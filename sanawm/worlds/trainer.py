@@ -67,6 +67,16 @@ def _load(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
+def _resume(path: Path, model, opt) -> int:
+    """Restore model and optimizer from a stage's checkpoint; the step to continue from (0: none yet)."""
+    ck = _load(path)
+    if ck is None:
+        return 0
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    return int(ck["step"])
+
+
 def _bar(stage: str, step: int, total: int, loss: float, t0: float, start: int = 0) -> None:
     done = int(30 * step / total)
     rate = (time.perf_counter() - t0) / max(1, step - start)
@@ -84,12 +94,7 @@ def train_vae(work: Path, a) -> None:
     vae = build_vae(world_vae_config(), seed=a.seed).train()
     C = vae.config["latent_channels"]
     opt = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
-    ck = _load(work / "vae_ckpt.pt")
-    start = 0
-    if ck is not None:
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start = int(ck["step"])
+    start = _resume(work / "vae_ckpt.pt", vae, opt)
     t0 = time.perf_counter()
     acc = []
     for step in range(start, a.vae_steps):
@@ -231,12 +236,7 @@ def train_gen(work: Path, a) -> None:
     torch.manual_seed(a.seed)
     model = SanaWMGenerator(world()).train()
     opt = torch.optim.AdamW(model.parameters(), lr=GEN_LR, weight_decay=0.01)
-    ck = _load(work / "gen_ckpt.pt")
-    start = 0
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start = int(ck["step"])
+    start = _resume(work / "gen_ckpt.pt", model, opt)
     t0 = time.perf_counter()
     acc = []
     for step in range(start, a.gen_steps):

@@ -60,15 +60,43 @@ class _UnitStreamer:
             h.remove()
 
 
+class _OnDevice:
+    """Calibration forwards on ``device`` (``--calib-device``): the module's buffers moved there, the top module's
+    tensor inputs moved there and its outputs brought back to the CPU (so the calibration loop, written for the
+    CPU, runs unchanged); ``restore`` puts the buffers (RoPE tables, the amax just gathered) back on the CPU."""
+
+    def __init__(self, module: nn.Module, device: torch.device):
+        self.module, self.device = module, device
+        self._buffers(device)
+        mv = lambda x, d: x.to(d) if isinstance(x, torch.Tensor) else x  # noqa: E731
+        self.hooks = [module.register_forward_pre_hook(lambda m, args: tuple(mv(a, device) for a in args)),
+                      module.register_forward_hook(lambda m, a, out: tuple(mv(o, "cpu") for o in out)
+                                                   if isinstance(out, (tuple, list)) else mv(out, "cpu"))]
+
+    def _buffers(self, device) -> None:
+        for m in self.module.modules():
+            for k, b in m._buffers.items():
+                if b is not None:
+                    m._buffers[k] = b.to(device)
+
+    def restore(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self._buffers(torch.device("cpu"))
+
+
 def calibrate_streamed(module: nn.Module, src: WeightSource, calibrate: Callable[[nn.Module], None] | None,
-                       names) -> CalibrationReport:
+                       names, device: str | torch.device = "cpu") -> CalibrationReport:
     """FP8 calibration of a ghost ``module`` (wrappers already in place) holding one unit's weights at a time.
 
-    ``calibrate=None``: weight scales only (FP32 export needs nothing; tests of the weight path)."""
+    ``calibrate=None``: weight scales only (FP32 export needs nothing; tests of the weight path). ``device``: where
+    the calibration forwards run (each unit's weights go there as they load; weight scales and amax end on the CPU)."""
+    device = torch.device(device)
     units = repeated_units(module)
     in_unit = {f"{u}.{n}" for u, m in units for n, _ in m.named_parameters()}
     resident = [n for n in src.params if n not in in_unit]
     qs = quantizers(module)
+    src.device = torch.device("cpu")  # weight scales are computed (and kept) on the CPU
     src.materialize_(resident)
     try:
         # weight scales: the wrappers computed them from ghosts; redo them from the real weights, unit by unit
@@ -81,6 +109,11 @@ def calibrate_streamed(module: nn.Module, src: WeightSource, calibrate: Callable
                     q._init_q(q.qname, q.per_channel)
             src.ghost_(pn)
         if calibrate is not None:
+            on_dev = None
+            if device.type != "cpu":
+                src.device = device
+                src.materialize_(resident)  # the resident weights again, on the device
+                on_dev = _OnDevice(module, device)
             streamer = _UnitStreamer(src, units)
             for q in qs.values():
                 q.mode = "calib"
@@ -89,6 +122,9 @@ def calibrate_streamed(module: nn.Module, src: WeightSource, calibrate: Callable
                     calibrate(module)
             finally:
                 streamer.remove()
+                if on_dev is not None:
+                    on_dev.restore()
+                src.device = torch.device("cpu")
             idle = [u for u, n in streamer.ran.items() if n == 0]
             if idle:
                 raise QuantizeError(
@@ -237,9 +273,10 @@ def export_streamed(
     return path
 
 
-def quantize_streamed(module: nn.Module, src: WeightSource, calibrate, *, include=None, exclude=None) -> CalibrationReport:
-    """FP8 wrappers in place on a ghost module, then ``calibrate_streamed``."""
+def quantize_streamed(module: nn.Module, src: WeightSource, calibrate, *, include=None, exclude=None,
+                      device: str | torch.device = "cpu") -> CalibrationReport:
+    """FP8 wrappers in place on a ghost module, then ``calibrate_streamed`` (forwards on ``device``)."""
     release_freed_weights()
     names = select_quantizable(module, include, exclude)
     prepare_fp8_inplace(module, names)
-    return calibrate_streamed(module, src, calibrate, names)
+    return calibrate_streamed(module, src, calibrate, names, device)

@@ -18,7 +18,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -80,6 +80,60 @@ class SafetensorsReader:
             os.close(fd)
         t = torch.frombuffer(buf, dtype=_ST_DTYPES[h["dtype"]]) if buf else torch.empty(0, dtype=_ST_DTYPES[h["dtype"]])
         return t.reshape(h["shape"]).to(dtype)
+
+
+INDEX_SUFFIX = ".safetensors.index.json"  # diffusers / transformers sharded checkpoints: {"weight_map": {key: file}}
+
+
+class ShardedSafetensorsReader:
+    """A sharded checkpoint (``*.safetensors.index.json`` + its shards) with ``SafetensorsReader``'s interface."""
+
+    def __init__(self, index: str | os.PathLike):
+        self.path = Path(index)
+        try:
+            wmap = json.loads(self.path.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StreamError(f"{self.path} is not a readable safetensors index ({e!r}); re-download it") from None
+        shards = {f: SafetensorsReader(self.path.parent / f) for f in sorted(set(wmap.values()))}
+        self.where = {k: shards[f] for k, f in wmap.items()}
+        for f, r in shards.items():
+            extra = set(r.keys()) - {k for k, g in wmap.items() if g == f}
+            if extra:
+                raise StreamError(f"{r.path} holds {len(extra)} tensors its index {self.path.name} does not map, e.g. "
+                                  f"{sorted(extra)[:3]}; re-download the checkpoint")
+
+    def keys(self) -> list[str]:
+        return list(self.where)
+
+    def _r(self, key: str) -> SafetensorsReader:
+        try:
+            return self.where[key]
+        except KeyError:
+            raise StreamError(f"{self.path} has no tensor {key!r}") from None
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._r(key).shape(key)
+
+    def nbytes(self, key: str) -> int:
+        return self._r(key).nbytes(key)
+
+    def get(self, key: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self._r(key).get(key, dtype)
+
+
+def open_safetensors(path: str | os.PathLike, stem: str = "diffusion_pytorch_model"):
+    """A reader over ``path``: a ``.safetensors`` file, a ``*.safetensors.index.json``, or a diffusers folder holding
+    ``<stem>.safetensors`` or ``<stem>.safetensors.index.json`` (sharded)."""
+    p = Path(path)
+    if p.is_dir():
+        for cand in (p / f"{stem}.safetensors", p / f"{stem}{INDEX_SUFFIX}"):
+            if cand.is_file():
+                p = cand
+                break
+        else:
+            raise StreamError(f"{path} holds neither {stem}.safetensors nor {stem}{INDEX_SUFFIX}; pass the diffusers "
+                              "folder of the model (config.json + its safetensors weights)")
+    return ShardedSafetensorsReader(p) if p.name.endswith(INDEX_SUFFIX) else SafetensorsReader(p)
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Iterable[tuple[str, tuple, torch.dtype, "callable"]]) -> int:
@@ -162,13 +216,18 @@ class WeightSource:
     """The checkpoint tensors behind a module's parameters: parameter ``prefix + key`` <- checkpoint ``key``.
 
     Args:
-        reader: the checkpoint (``SafetensorsReader``).
+        reader: the checkpoint (``SafetensorsReader`` or ``ShardedSafetensorsReader``).
         module: the (ghost) module whose parameters are filled.
         prefix: module path of the model the checkpoint describes inside ``module`` (e.g. ``"step.model."``).
+        key_map: parameter name -> checkpoint key, for modules whose names are not the checkpoint's under one
+            prefix (the refiner engine's ``core.layers.i.`` are the checkpoint's ``transformer_blocks.i.``);
+            overrides ``prefix``.
+        device: where ``materialize_`` puts the weights (``--calib-device``); ghosts stay on the CPU.
     """
 
-    def __init__(self, reader: SafetensorsReader, module: nn.Module, prefix: str = ""):
-        self.reader, self.prefix = reader, prefix
+    def __init__(self, reader, module: nn.Module, prefix: str = "", key_map: Callable[[str], str] | None = None,
+                 device: str | torch.device = "cpu"):
+        self.reader, self.prefix, self.key_map, self.device = reader, prefix, key_map, torch.device(device)
         self.params = dict(module.named_parameters())
         keys = set(reader.keys())
         missing = [n for n in self.params if self.key(n) not in keys]
@@ -188,6 +247,8 @@ class WeightSource:
                     b.copy_(reader.get(self.key(n), b.dtype).reshape(b.shape))
 
     def key(self, name: str) -> str:
+        if self.key_map is not None:
+            return self.key_map(name)
         return name[len(self.prefix):] if name.startswith(self.prefix) else name
 
     def load(self, name: str) -> torch.Tensor:
@@ -195,7 +256,8 @@ class WeightSource:
 
     def materialize_(self, names: Iterable[str]) -> None:
         for n in names:
-            self.params[n].data = self.load(n)
+            w = self.load(n)
+            self.params[n].data = w if self.device.type == "cpu" else w.to(self.device)
 
     def ghost_(self, names: Iterable[str]) -> None:
         for n in names:

@@ -144,8 +144,10 @@ def refiner_jobs(core, layout, sigmas, names, calib_blocks: int, key: dict, kv_d
 
 def prepare_refiner(refiner_path, seed: int, cfg, precision: str, names, caption_length: int | None,
                     kv_max_frames: int, fps: float, calib_chunks: int,
-                    calibrated: bool, kv_dtype: str = "float32") -> tuple[list[EngineJob], dict]:
-    """Load (``refiner_path``) or build (seeded tiny random) the refiner; its jobs and the manifest's section."""
+                    calibrated: bool, kv_dtype: str = "float32", build=None) -> tuple[list[EngineJob], dict]:
+    """Load (``refiner_path``) or build (seeded tiny random) the refiner; its jobs and the manifest's section.
+    ``build(path)``: how the transformer is made from ``refiner_path`` (default ``load_refiner``; the streamed
+    export passes a ghost builder)."""
     from ...models.refiner import RefinerCore, RefinerLayout, make_tiny_refiner_transformer
 
     if refiner_path is not None:
@@ -154,7 +156,7 @@ def prepare_refiner(refiner_path, seed: int, cfg, precision: str, names, caption
         log.info("hashing refiner %s ...", refiner_path)
         rsrc = {"refiner": str(refiner_path), "refiner_sha256": sha256_path(refiner_path), "random_seed": None}
         try:
-            transformer = load_refiner(refiner_path)
+            transformer = (build or load_refiner)(refiner_path)
         except (OSError, ValueError) as e:
             raise ExportInputError(str(e)) from e
         default_len = FULL_REFINER_CAPTION_LENGTH

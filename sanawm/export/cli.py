@@ -4,7 +4,7 @@
                   [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8|nvfp4]
                   [--engines generator,vae_encoder,vae_decoder,refiner]
                   [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
-                  [--calib-chunks N] [--calib-prompts F] [--calib-images F] [--calib-cameras C]
+                  [--calib-chunks N] [--calib-prompts F] [--calib-images F] [--calib-cameras C] [--calib-device D]
                   [--keep-high-precision LIST] [--act-scale max|percentile:P] [--timing-cache PATH]
 
 VAE engines (``vae_encoder``, ``vae_decoder``) come from ``--vae`` (a diffusers
@@ -138,7 +138,13 @@ def resolve(p: dict) -> SimpleNamespace:
              "SanaWMLTX2RefinerTransformer3DModel folder), leave them out of --engines, or pass --no-refiner")
     a.weight_streaming = _weight_streaming(a.weight_streaming, a.backends)
     _precision_policy(a)
-    if a.streamed:  # the memory-bounded generator export (sanawm.export.families.generator_streamed)
+    if a.calib_device != "cpu":  # where the FP8 calibration forwards run (families.refiner_streamed)
+        from .families.refiner_streamed import calib_device_refusal
+
+        msg = calib_device_refusal(a)
+        if msg:
+            _bad(msg)
+    if a.streamed:  # the memory-bounded generator / refiner export (sanawm.export.families.*_streamed)
         from .families.generator_streamed import streamed_refusal
 
         msg = streamed_refusal(a)
@@ -200,10 +206,11 @@ def export_options(f):
         option("inputs", "--refiner", type=click.Path(path_type=Path), help="diffusers "
                "SanaWMLTX2RefinerTransformer3DModel folder (the refiner's transformer/ or repo root)"),
         option("inputs", "--no-refiner", is_flag=True, help="do not export the refiner engines"),
-        option("inputs", "--streamed", is_flag=True, help="memory-bounded generator export: the graph is traced "
-               "without weights, FP8 calibration loads one block at a time and the weights stream from the official "
-               ".safetensors --checkpoint into generator.onnx.data (peak RAM ~ one block + activations); fp32 / fp8; "
-               "the VAE and refiner engines take the whole-model path"),
+        option("inputs", "--streamed", is_flag=True, help="memory-bounded generator and refiner export: the graph "
+               "is traced without weights, FP8 calibration loads one block / layer at a time and the weights stream "
+               "from the official .safetensors --checkpoint (generator) and the --refiner folder's safetensors (one "
+               "file or sharded; bf16 is cast per tensor) into <engine>.onnx.data (peak RAM ~ one block + "
+               "activations); fp32 / fp8; the VAE engines take the whole-model path"),
         option("inputs", "--engines", default=None, help=f"comma list of {','.join(ALL_ENGINES)}; default: the "
                "generator, plus the VAE engines with --random or --vae, plus the refiner engines with --random or "
                "--refiner (unless --no-refiner)"),
@@ -235,6 +242,9 @@ def export_options(f):
                "images (PNG/JPEG or folders; repeatable), encoded with --vae; default: ray-traced built-in scenes"),
         option("calibration", "--calib-cameras", multiple=True, help="camera paths (trajectory .npy/.npz/.txt, a "
                "preset name or an action string like 'w-24,d-48'; repeatable); default: every built-in preset"),
+        option("calibration", "--calib-device", type=click.Choice(("cpu", "cuda")), default="cpu",
+               show_default=True, help="where the FP8 calibration forwards run (--streamed refiner: each layer's "
+               "weights go to the device as they load; amax comes back to the CPU); recorded in the manifest"),
         option("calibration", "--keep-high-precision", default=None, metavar="LIST", help="layers kept out of FP8: "
                "comma list of embedders, final, first:N, last:N, blocks:I-J or module patterns (default "
                "'embedders,final')"),

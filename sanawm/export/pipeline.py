@@ -60,10 +60,18 @@ def collect_jobs(a) -> tuple[list[EngineJob], object, dict, dict | None, dict | 
         jobs += vjobs
     if ref_names:
         from .families.refiner import prepare_refiner
+        from .families.refiner_loop import use_calibration_set
 
-        rjobs, ref_info = prepare_refiner(a.refiner, a.seed, cfg, a.precision, ref_names, a.refiner_caption_length,
-                                          a.refiner_kv_max_frames, a.refiner_fps, a.calib_chunks,
-                                          a.precision in CALIBRATED_PRECISIONS, kv_dtype=kv)
+        if getattr(a, "streamed", False):  # ghost refiner, weights streamed from its folder (families.refiner_streamed)
+            from .families.refiner_streamed import streamed_refiner_jobs
+
+            rjobs, ref_info = streamed_refiner_jobs(a, cfg, ref_names, kv, a.precision in CALIBRATED_PRECISIONS)
+        else:
+            rjobs, ref_info = prepare_refiner(a.refiner, a.seed, cfg, a.precision, ref_names,
+                                              a.refiner_caption_length, a.refiner_kv_max_frames, a.refiner_fps,
+                                              a.calib_chunks, a.precision in CALIBRATED_PRECISIONS, kv_dtype=kv)
+            if a.precision in CALIBRATED_PRECISIONS:
+                use_calibration_set(a, rjobs, ref_info, streamed=False)
         jobs += rjobs
     if "toy" in a.engines:
         from .families.toy import toy_job

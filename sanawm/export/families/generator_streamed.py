@@ -25,22 +25,38 @@ OFFICIAL_PREFIX = "model."  # official files may nest the generator's keys under
 
 def streamed_refusal(a) -> str | None:
     """Why ``--streamed`` cannot apply to the resolved options ``a`` (one line naming the fix), or None."""
+    from ...constants import REFINER_ENGINES
+
+    gen, ref = GENERATOR in a.engines, any(e in REFINER_ENGINES for e in a.engines)
+    if not gen and not ref:
+        return (f"--streamed applies to the {GENERATOR!r} and refiner engines; add one to --engines or drop "
+                "--streamed")
+    if a.precision not in STREAMED_PRECISIONS:
+        return (f"--streamed exports {' / '.join(STREAMED_PRECISIONS)}, not {a.precision}: change --precision or "
+                "drop --streamed")
+    if a.act_scale != "max":
+        return "--streamed calibrates activation scales by max: drop --act-scale or --streamed"
+    if ref:
+        from .refiner_streamed import refiner_refusal
+
+        msg = refiner_refusal(a.refiner)
+        if msg:
+            return msg
+    if not gen:
+        return None
     ck = a.checkpoint
     if ck is None:
-        return "--streamed reads weights from a .safetensors checkpoint; --random has none: drop --streamed"
+        return ("--streamed reads the generator's weights from a .safetensors checkpoint; --random has none: drop "
+                "--streamed, or export the streamed refiner alone (--engines refiner --refiner DIR)")
     if Path(ck).is_dir():
         return (f"--streamed reads an official-format .safetensors file, not a diffusers folder ({ck}): pass the "
                 "official .safetensors checkpoint or drop --streamed")
     if Path(ck).suffix != ".safetensors":
         return (f"--streamed reads an official-format .safetensors file, not {Path(ck).suffix or 'this'} ({ck}): "
                 "convert it to .safetensors or drop --streamed")
-    if a.precision not in STREAMED_PRECISIONS:
-        return (f"--streamed exports {' / '.join(STREAMED_PRECISIONS)}, not {a.precision}: change --precision or "
-                "drop --streamed")
-    if GENERATOR not in a.engines:
-        return f"--streamed applies to the {GENERATOR!r} engine; add it to --engines or drop --streamed"
-    if a.act_scale != "max":
-        return "--streamed calibrates activation scales by max: drop --act-scale or --streamed"
+    if getattr(a, "calib_device", "cpu") != "cpu":
+        return ("--calib-device covers the refiner's streamed calibration; the generator's calibration loop runs on "
+                "the CPU: export the generator without --calib-device (or the refiner alone: --engines refiner)")
     return None
 
 
@@ -90,7 +106,7 @@ def _quantize(eng, src, calibrate, a) -> dict:
     pol = getattr(a, "policy", None)
     exclude = (pol.exclude_patterns(eng) or None) if pol is not None else None
     rep = quantize_streamed(eng, src, calibrate, exclude=exclude)
-    return {"fp8_layers": rep.layers, **({"precision_policy": pol.to_manifest(eng)} if pol is not None else {})}
+    return {"fp8_layers": rep.layers, "calib_device": "cpu", **({"precision_policy": pol.to_manifest(eng)} if pol is not None else {})}
 
 
 def export_generator_streamed(job, art, precision, a, opset, cfg, kv_dtype) -> dict:

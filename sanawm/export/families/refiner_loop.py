@@ -71,3 +71,57 @@ def engine_calibration(layout, blocks: int, seed: int = CALIB_SEED,
                 st.process(Chunk(b, s, s + n, lat[:, :, s: s + n]))
 
     return loop
+
+
+RANDOM_NOTE = "N(0,1) refiner text, N(0,1) latents"
+
+
+def refiner_calibration_set(prompt_files, caption_length: int, caption_channels: int):
+    """(texts or None, manifest record) of the refiner's calibration prompts: the refiner features
+    (``refiner.features`` / ``refiner.mask``, written by ``sanawm encode-prompt --refiner-encoder``) of every row of
+    every ``--calib-prompts`` file that carries them; None (random prompts) when none does. The record has the
+    generator's calibration format (``set``, ``sha256``, ``clips``, ``sources``)."""
+    from ...runtime.refiner_stage import refiner_text_from
+    from ..calibration_data import CalibrationSet, _expand, random_set
+    from ..job import ExportInputError
+
+    texts, names, without = [], [], []
+    for p in _expand(list(prompt_files or ()), (".safetensors", ".npz")):
+        got = refiner_text_from(p)
+        if got is None:
+            without.append(p.name)
+            continue
+        feats, mask = got
+        if feats.shape[1:] != (caption_length, caption_channels):
+            raise ExportInputError(
+                f"{p}: refiner features are {list(feats.shape[1:])} per prompt, the refiner engine takes "
+                f"[{caption_length}, {caption_channels}]; re-encode with `sanawm encode-prompt ... --refiner-encoder "
+                f"<this refiner's folder> --refiner-max-length {caption_length}` or pass --refiner-caption-length")
+        texts += [(feats[b:b + 1], mask[b:b + 1]) for b in range(feats.shape[0])]
+        names.append(p.name)
+    if not texts:
+        rec = random_set().to_manifest()
+        rec["sources"] = {"note": RANDOM_NOTE + (f"; the --calib-prompts files {without[:3]} carry no refiner text "
+                                                 "(encode them with --refiner-encoder)" if without else "")}
+        return None, rec
+    cs = CalibrationSet("user", texts=texts, sources={"prompts": names, "latents": "N(0,1)",
+                                                     **({"without_refiner_text": without} if without else {})})
+    return texts, cs.to_manifest()
+
+
+def use_calibration_set(a, jobs, info: dict, streamed: bool) -> None:
+    """Point the refiner jobs at the export's refiner calibration set (``--calib-prompts`` refiner features, else
+    random) and record it in the manifest's ``refiner`` section and the stage key (another set re-exports).
+    The whole-model path keeps its ``refine_stream`` loop on random inputs; real prompts and the streamed path
+    drive the engine (``engine_calibration``)."""
+    from ...refiner_layout import RefinerLayout
+
+    lay = info["layout"]
+    texts, rec = refiner_calibration_set(getattr(a, "calib_prompts", None), lay["caption_length"],
+                                         lay["caption_channels"])
+    info["calibration"] = rec
+    layout = RefinerLayout.from_manifest(info)
+    for job in jobs:
+        job.key = {**(job.key or {}), "refiner_calibration": rec}
+        if texts is not None or streamed:
+            job.calibrate = engine_calibration(layout, max(1, a.calib_chunks) + 1, texts=texts)

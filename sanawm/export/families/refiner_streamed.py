@@ -54,6 +54,21 @@ def refiner_refusal(path) -> str | None:
     return None
 
 
+def calib_device_refusal(a) -> str | None:
+    """Why ``--calib-device`` (not cpu) cannot apply to the options ``a`` (one line naming the fix), or None."""
+    import torch
+
+    if a.calib_device == "cuda" and not torch.cuda.is_available():
+        return ("--calib-device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); use "
+                "--calib-device cpu (the default) or run on a machine with an NVIDIA GPU and a CUDA build of torch")
+    if a.precision != "fp8":
+        return f"--calib-device sets where FP8 calibration runs; --precision is {a.precision}: drop --calib-device"
+    if not a.streamed:
+        return ("--calib-device applies to the streamed refiner export (layer-streamed calibration): add --streamed "
+                "or drop --calib-device")
+    return None
+
+
 def ghost_refiner_transformer(path, num_layers: int | None = None):
     """``SanaWMLTX2RefinerTransformer3DModel`` of the folder's ``config.json`` (``num_layers``: depth-reduced) with
     ghost parameters: shapes only, no weight memory."""
@@ -81,24 +96,23 @@ def weight_source(path, eng, device: str = "cpu"):
         raise ExportInputError(str(e)) from None
 
 
-def streamed_refiner_jobs(a, cfg, names, kv_dtype: str, calibrated: bool, texts=None, calib_set: dict | None = None):
-    """``prepare_refiner`` over a ghost refiner, its calibration the engine loop and its ONNX stage streamed.
-    ``texts``: refiner prompt features for calibration (None: random); ``calib_set``: their manifest record."""
+def streamed_refiner_jobs(a, cfg, names, kv_dtype: str, calibrated: bool):
+    """``prepare_refiner`` over a ghost refiner, its calibration the engine loop (``refiner_loop``) and its ONNX
+    stage streamed."""
     from ...refiner_layout import RefinerLayout
     from .refiner import prepare_refiner
-    from .refiner_loop import engine_calibration
+    from .refiner_loop import use_calibration_set
 
     jobs, info = prepare_refiner(a.refiner, a.seed, cfg, a.precision, names, a.refiner_caption_length,
                                  a.refiner_kv_max_frames, a.refiner_fps, a.calib_chunks, calibrated,
                                  kv_dtype=kv_dtype, build=ghost_refiner_transformer)
+    if calibrated:
+        use_calibration_set(a, jobs, info, streamed=True)
     layout = RefinerLayout.from_manifest(info)
-    blocks = max(1, a.calib_chunks) + 1
-    info["calibration"] = calib_set or {"name": "random", "prompts": 1}
     for job in jobs:
-        job.key = {**(job.key or {}), "streamed": True, "calibration": info["calibration"]}  # another set re-exports
-        job.calibrate = engine_calibration(layout, blocks, texts=texts)
+        job.key = {**(job.key or {}), "streamed": True}
         job.export = lambda job, art, precision, a, opset: export_refiner_streamed(job, art, precision, a, opset,
-                                                                                 layout, calib_set)
+                                                                                 layout)
     return jobs, info
 
 
@@ -113,7 +127,7 @@ def _quantize(eng, src, calibrate, a) -> dict:
             **({"precision_policy": pol.to_manifest(eng)} if pol is not None else {})}
 
 
-def export_refiner_streamed(job, art, precision, a, opset, layout, calib_set=None) -> dict:
+def export_refiner_streamed(job, art, precision, a, opset, layout) -> dict:
     """The streamed ONNX stage of the ``refiner`` job (``EngineJob.export``): facts for the manifest."""
     from ..streamed import export_streamed
 
@@ -124,7 +138,6 @@ def export_refiner_streamed(job, art, precision, a, opset, layout, calib_set=Non
         log.info("[%s] fp8: layer-streamed calibration over %d block(s) on %s ...", job.name,
                  max(1, a.calib_chunks) + 1, getattr(a, "calib_device", "cpu"))
         facts.update(_quantize(eng, src, job.calibrate, a))
-        facts["calibration"] = calib_set or {"name": "random", "prompts": 1}
     sample = job.sample() if callable(job.sample) else job.sample
     export_streamed(eng, job.io, art.onnx, src, sample_inputs=sample, opset=opset, dims=job.dims)
     if src.nbytes(src.params) <= CHECK_WHOLE_BYTES:

@@ -81,8 +81,9 @@ def main(argv=None) -> int:
                 "subprocess per depth",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "layout": f"latents {scale_refiner.BENCH_LAYOUT['latent_hw']}, prompt {scale_refiner.BENCH_LAYOUT['caption_length']} "
-                  "tokens, block 3, kv_max_frames 11 (weights full size; activations tiny)",
+        "layout": f"latents {scale_refiner.BENCH_LAYOUT['latent_hw']}, prompt "
+                  f"{scale_refiner.BENCH_LAYOUT['caption_length']} tokens, block 3, kv_max_frames 11 (weights full "
+                  "size; activations tiny)",
         "calibration": f"engine loop (sink pass, 3 sigmas, commit) over {a.calib_blocks} block(s), random inputs, CPU",
         "graph": "block profile only (fixed shapes: halves the trace; no weight path changes)",
         "checkpoint_bytes_max_depth": ckpt_bytes,

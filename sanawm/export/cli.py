@@ -4,7 +4,8 @@
                   [--backends onnxruntime,tensorrt_rtx,tensorrt] [--fp8 | --precision fp32|fp16|fp8|nvfp4]
                   [--engines generator,vae_encoder,vae_decoder,refiner]
                   [--refiner REFINER_DIR | --no-refiner] [--weight-streaming [ENGINES]]
-                  [--calib-chunks N] [--calib-prompts F] [--calib-images F] [--calib-cameras C] [--calib-device D]
+                  [--calib-chunks N] [--calib-prompts F] [--calib-images F] [--calib-cameras C]
+                  [--calib-device cpu|cuda]
                   [--keep-high-precision LIST] [--act-scale max|percentile:P] [--timing-cache PATH]
 
 VAE engines (``vae_encoder``, ``vae_decoder``) come from ``--vae`` (a diffusers

@@ -96,6 +96,10 @@ class ShardedSafetensorsReader:
             raise StreamError(f"{self.path} is not a readable safetensors index ({e!r}); re-download it") from None
         shards = {f: SafetensorsReader(self.path.parent / f) for f in sorted(set(wmap.values()))}
         self.where = {k: shards[f] for k, f in wmap.items()}
+        lost = [k for k, r in self.where.items() if k not in r.header]
+        if lost:
+            raise StreamError(f"{self.path} maps {len(lost)} tensors to shards that lack them, e.g. {lost[:3]}; "
+                              "re-download the checkpoint")
         for f, r in shards.items():
             extra = set(r.keys()) - {k for k, g in wmap.items() if g == f}
             if extra:

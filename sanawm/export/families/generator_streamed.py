@@ -106,7 +106,8 @@ def _quantize(eng, src, calibrate, a) -> dict:
     pol = getattr(a, "policy", None)
     exclude = (pol.exclude_patterns(eng) or None) if pol is not None else None
     rep = quantize_streamed(eng, src, calibrate, exclude=exclude)
-    return {"fp8_layers": rep.layers, "calib_device": "cpu", **({"precision_policy": pol.to_manifest(eng)} if pol is not None else {})}
+    return {"fp8_layers": rep.layers, "calib_device": "cpu",
+            **({"precision_policy": pol.to_manifest(eng)} if pol is not None else {})}
 
 
 def export_generator_streamed(job, art, precision, a, opset, cfg, kv_dtype) -> dict:

@@ -34,7 +34,8 @@ def checkpoint_key(name: str) -> str:
 def refiner_folder(path) -> Path:
     """The folder holding the refiner's ``config.json``: ``path`` or its ``transformer/`` (the repo root)."""
     p = Path(path)
-    return p / "transformer" if not (p / "config.json").is_file() and (p / "transformer" / "config.json").is_file() else p
+    sub = p / "transformer"
+    return sub if not (p / "config.json").is_file() and (sub / "config.json").is_file() else p
 
 
 def refiner_refusal(path) -> str | None:

@@ -91,6 +91,15 @@ def main(argv=None) -> int:
         "layer_weight_bytes": {"bf16_on_disk": layer_disk, "fp32_in_memory": layer_fp32},
         "runs": runs,
         "target_peak_rss_gb": TARGET_PEAK_RSS_GB,
+        "not_measured": {
+            "published_latents_calibration_state": {
+                **scale_refiner.calibration_state_bytes(),
+                "label": "ESTIMATE from the shapes (not measured): at the published 22 x 40 latents the calibration "
+                         "run also holds the 48 layers' fp16 sink + history K/V and one call's K/V outputs; add "
+                         "them to the fixed part of the fit for the real export"},
+            "audio_modules": "not in the checkpoint: the video-only engine never reads them (ghosts, no memory)",
+            "calib_device_cuda": "not run here (no GPU on this machine)",
+        },
     }
     if len(depths) > 1:
         x = np.array([r["num_layers"] for r in runs], float)

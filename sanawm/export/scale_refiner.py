@@ -33,6 +33,17 @@ def bench_layout():
     return RefinerLayout(*BENCH_LAYOUT["latent_hw"], BENCH_LAYOUT["caption_length"])
 
 
+def calibration_state_bytes(latent_hw=(22, 40), kv_bytes: int = 2, layers: int = PUBLISHED_LAYERS, heads: int = 32,
+                            head_dim: int = 128, block: int = 3, kv_max_frames: int = 11) -> dict:
+    """Bytes of what the calibration run carries besides weights at a given latent size (the bench runs tiny
+    latents): the stage's sink + history K/V for every layer, and one call's per-layer K/V outputs (``kv_bytes``:
+    2 for the fp16 K/V an FP8 export stores). Computed from the shapes, not measured."""
+    S = latent_hw[0] * latent_hw[1]
+    per_tok = 2 * layers * heads * head_dim * kv_bytes  # K and V of every layer
+    return {"latent_hw": list(latent_hw), "kv_bytes": kv_bytes, "sink_history_kv": kv_max_frames * S * per_tok,
+            "call_kv_out": block * S * per_tok}
+
+
 def refiner_config(num_layers: int) -> dict:
     return {**PUBLISHED_CONFIG, "num_layers": int(num_layers)}
 

@@ -244,7 +244,7 @@ def export_options(f):
         option("calibration", "--calib-cameras", multiple=True, help="camera paths (trajectory .npy/.npz/.txt, a "
                "preset name or an action string like 'w-24,d-48'; repeatable); default: every built-in preset"),
         option("calibration", "--calib-device", type=click.Choice(("cpu", "cuda")), default="cpu",
-               show_default=True, help="where the FP8 calibration forwards run (--streamed refiner: each layer's "
+               show_default=True, help="where the FP8 calibration forwards run (--streamed: each block's / layer's "
                "weights go to the device as they load; amax comes back to the CPU); recorded in the manifest"),
         option("calibration", "--keep-high-precision", default=None, metavar="LIST", help="layers kept out of FP8: "
                "comma list of embedders, final, first:N, last:N, blocks:I-J or module patterns (default "

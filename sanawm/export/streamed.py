@@ -61,17 +61,31 @@ class _UnitStreamer:
 
 
 class _OnDevice:
-    """Calibration forwards on ``device`` (``--calib-device``): the module's buffers moved there, the top module's
-    tensor inputs moved there and its outputs brought back to the CPU (so the calibration loop, written for the
-    CPU, runs unchanged); ``restore`` puts the buffers (RoPE tables, the amax just gathered) back on the CPU."""
+    """Calibration forwards on ``device`` (``--calib-device``): the module's buffers moved there; the tensor inputs
+    of every call of an ``entry`` module moved there and its outputs brought back to the CPU (so a calibration loop
+    written for the CPU runs unchanged); ``restore`` puts the buffers (RoPE tables, the amax just gathered) back.
 
-    def __init__(self, module: nn.Module, device: torch.device):
+    ``entry`` picks the modules the loop calls: by default ``module`` itself; a loop that wraps the model in another
+    module (the generator's ``GeneratorStep``) names that wrapper. Global module hooks, because such a wrapper is
+    built inside the loop, after this object exists."""
+
+    def __init__(self, module: nn.Module, device: torch.device, entry: Callable[[nn.Module], bool] | None = None):
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
         self.module, self.device = module, device
         self._buffers(device)
+        is_entry = entry or (lambda m: m is module)
         mv = lambda x, d: x.to(d) if isinstance(x, torch.Tensor) else x  # noqa: E731
-        self.hooks = [module.register_forward_pre_hook(lambda m, args: tuple(mv(a, device) for a in args)),
-                      module.register_forward_hook(lambda m, a, out: tuple(mv(o, "cpu") for o in out)
-                                                   if isinstance(out, (tuple, list)) else mv(out, "cpu"))]
+
+        def inputs(m, args):
+            return tuple(mv(a, device) for a in args) if is_entry(m) else None
+
+        def outputs(m, args, out):
+            if not is_entry(m):
+                return None
+            return type(out)(mv(o, "cpu") for o in out) if isinstance(out, (tuple, list)) else mv(out, "cpu")
+
+        self.hooks = [register_module_forward_pre_hook(inputs), register_module_forward_hook(outputs)]
 
     def _buffers(self, device) -> None:
         for m in self.module.modules():
@@ -86,11 +100,12 @@ class _OnDevice:
 
 
 def calibrate_streamed(module: nn.Module, src: WeightSource, calibrate: Callable[[nn.Module], None] | None,
-                       names, device: str | torch.device = "cpu") -> CalibrationReport:
+                       names, device: str | torch.device = "cpu", entry=None) -> CalibrationReport:
     """FP8 calibration of a ghost ``module`` (wrappers already in place) holding one unit's weights at a time.
 
     ``calibrate=None``: weight scales only (FP32 export needs nothing; tests of the weight path). ``device``: where
-    the calibration forwards run (each unit's weights go there as they load; weight scales and amax end on the CPU)."""
+    the calibration forwards run (each unit's weights go there as they load; weight scales and amax end on the CPU);
+    ``entry``: which module calls carry the loop's tensors there and back (``_OnDevice``)."""
     device = torch.device(device)
     units = repeated_units(module)
     in_unit = {f"{u}.{n}" for u, m in units for n, _ in m.named_parameters()}
@@ -113,7 +128,7 @@ def calibrate_streamed(module: nn.Module, src: WeightSource, calibrate: Callable
             if device.type != "cpu":
                 src.device = device
                 src.materialize_(resident)  # the resident weights again, on the device
-                on_dev = _OnDevice(module, device)
+                on_dev = _OnDevice(module, device, entry)
             streamer = _UnitStreamer(src, units)
             for q in qs.values():
                 q.mode = "calib"
@@ -274,9 +289,9 @@ def export_streamed(
 
 
 def quantize_streamed(module: nn.Module, src: WeightSource, calibrate, *, include=None, exclude=None,
-                      device: str | torch.device = "cpu") -> CalibrationReport:
+                      device: str | torch.device = "cpu", entry=None) -> CalibrationReport:
     """FP8 wrappers in place on a ghost module, then ``calibrate_streamed`` (forwards on ``device``)."""
     release_freed_weights()
     names = select_quantizable(module, include, exclude)
     prepare_fp8_inplace(module, names)
-    return calibrate_streamed(module, src, calibrate, names, device)
+    return calibrate_streamed(module, src, calibrate, names, device, entry)

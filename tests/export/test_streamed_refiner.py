@@ -170,7 +170,6 @@ def test_calib_device_cuda_refused_without_cuda(tiny_folder, tmp_path):
 @pytest.mark.parametrize("extra, fix", [
     (["--engines", "refiner", "--refiner", "REF", "--fp8"], "add --streamed"),
     (["--engines", "refiner", "--refiner", "REF", "--streamed"], "drop --calib-device"),
-    (["--checkpoint", "w.safetensors", "--engines", "generator", "--streamed", "--fp8"], "runs on the CPU"),
 ])
 def test_calib_device_combinations_refused(extra, fix, tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # past the CUDA check: the other rules

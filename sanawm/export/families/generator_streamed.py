@@ -54,9 +54,6 @@ def streamed_refusal(a) -> str | None:
     if Path(ck).suffix != ".safetensors":
         return (f"--streamed reads an official-format .safetensors file, not {Path(ck).suffix or 'this'} ({ck}): "
                 "convert it to .safetensors or drop --streamed")
-    if getattr(a, "calib_device", "cpu") != "cpu":
-        return ("--calib-device covers the refiner's streamed calibration; the generator's calibration loop runs on "
-                "the CPU: export the generator without --calib-device (or the refiner alone: --engines refiner)")
     return None
 
 
@@ -100,13 +97,22 @@ def streamed_generator_jobs(a, cfg, names, kv_dtype: str, calibrate=None):
     return jobs
 
 
+def _step_of(eng):
+    """The module calls of the generator's calibration loops: a ``GeneratorStep`` over this engine's model (both loops
+    wrap the model in one; ``sanawm.export.calibration``, ``families.generator``)."""
+    from ...models.generator_step import GeneratorStep
+
+    return lambda m: isinstance(m, GeneratorStep) and m.model is eng.step.model
+
+
 def _quantize(eng, src, calibrate, a) -> dict:
     from ..streamed import quantize_streamed
 
     pol = getattr(a, "policy", None)
     exclude = (pol.exclude_patterns(eng) or None) if pol is not None else None
-    rep = quantize_streamed(eng, src, calibrate, exclude=exclude)
-    return {"fp8_layers": rep.layers, "calib_device": "cpu",
+    dev = getattr(a, "calib_device", "cpu")
+    rep = quantize_streamed(eng, src, calibrate, exclude=exclude, device=dev, entry=_step_of(eng))
+    return {"fp8_layers": rep.layers, "calib_device": dev,
             **({"precision_policy": pol.to_manifest(eng)} if pol is not None else {})}
 
 
@@ -122,7 +128,8 @@ def export_generator_streamed(job, art, precision, a, opset, cfg, kv_dtype) -> d
             from ..kv_range import observe_kv
 
             calibrate, kv_seen = observe_kv(calibrate)  # the FP16 K/V window, range-checked over the same run
-        log.info("[%s] fp8: block-streamed calibration over %d chunk(s) ...", job.name, a.calib_chunks)
+        log.info("[%s] fp8: block-streamed calibration over %d chunk(s) on %s ...", job.name, a.calib_chunks,
+                 getattr(a, "calib_device", "cpu"))
         facts.update(_quantize(eng, src, calibrate, a))
     if kv_seen is not None:
         from ..kv_range import check_kv_range

@@ -65,7 +65,7 @@ def calib_device_refusal(a) -> str | None:
     if a.precision != "fp8":
         return f"--calib-device sets where FP8 calibration runs; --precision is {a.precision}: drop --calib-device"
     if not a.streamed:
-        return ("--calib-device applies to the streamed refiner export (layer-streamed calibration): add --streamed "
+        return ("--calib-device applies to the streamed export (block-streamed calibration): add --streamed "
                 "or drop --calib-device")
     return None
 

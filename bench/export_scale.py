@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +38,7 @@ TARGET_PEAK_RSS_GB = 16.0  # issue 13: the full generator exported on a 24 GB ma
 
 
 def _run(args: list[str], timeout: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-m", "sanawm.export.scale", *args], capture_output=True, text=True,
-                       timeout=timeout, env=env)
-    if r.returncode != 0:
-        raise SystemExit(f"sanawm.export.scale {' '.join(args)} failed:\n{r.stderr[-4000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return scale.run_module("sanawm.export.scale", args, timeout, ROOT)
 
 
 def main(argv=None) -> int:

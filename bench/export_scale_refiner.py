@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,18 +28,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sanawm.export import scale_refiner  # noqa: E402
+from sanawm.export import scale, scale_refiner  # noqa: E402
 
 TARGET_PEAK_RSS_GB = 32.0  # issue 13: the real refiner exported on a 64 GB workstation
 
 
 def _run(args: list[str], timeout: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-m", "sanawm.export.scale_refiner", *args], capture_output=True, text=True,
-                       timeout=timeout, env=env)
-    if r.returncode != 0:
-        raise SystemExit(f"sanawm.export.scale_refiner {' '.join(args)} failed:\n{r.stderr[-4000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return scale.run_module("sanawm.export.scale_refiner", args, timeout, ROOT)
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,19 @@ import torch
 GENERATOR_PREFIX = "step.model."  # where GeneratorEngine holds the SanaWMGenerator (checkpoint keys below it)
 
 
+def run_module(module: str, args: list[str], timeout: float, root: Path) -> dict:
+    """``python -m module args`` in a subprocess (its own peak RSS) with ``root`` importable; its last stdout line is
+    the JSON facts. The scale benches measure each export this way."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"{module} {' '.join(args)} failed:\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def depth_reduced(cfg, num_layers: int, latent_hw: tuple[int, int] | None = None):
     """``cfg`` with ``num_layers`` blocks (full width kept) and optionally smaller latents (cheaper calibration)."""
     kw = {"num_layers": num_layers, "plucker_post_attn_blocks": min(cfg.plucker_post_attn_blocks, num_layers)}

@@ -142,11 +142,16 @@ def export_generator_streamed(job, art, precision, a, opset, cfg, kv_dtype) -> d
         facts["ort_check_depth"] = cfg.num_layers
     else:
         err, facts["ort_check_depth"] = check_depth_reduced(a, art.onnx.parent, cfg, kv_dtype, precision, opset)
+    return checked(job.name, facts, err, precision, "blocks")
+
+
+def checked(name: str, facts: dict, err: float, precision: str, unit: str) -> dict:
+    """``facts`` with the streamed graph's ORT check recorded; refuses (nothing written) when it misses the bound."""
     facts["ort_check_fp8_forced_rel_error" if precision == "fp8" else "ort_check_rel_error"] = err
-    log.info("[%s] streamed check on ORT CPU (%d blocks): %s %.2e (bound %.0e)", job.name, facts["ort_check_depth"],
+    log.info("[%s] streamed check on ORT CPU (%d %s): %s %.2e (bound %.0e)", name, facts["ort_check_depth"], unit,
              "teacher-forced FP8 rel err" if precision == "fp8" else "rel err", err, CHECK_BOUND)
     if not err < CHECK_BOUND:
-        raise RuntimeError(f"[{job.name}] streamed ONNX and torch disagree (rel err {err:.2e} >= {CHECK_BOUND:.0e}); "
+        raise RuntimeError(f"[{name}] streamed ONNX and torch disagree (rel err {err:.2e} >= {CHECK_BOUND:.0e}); "
                            "not writing the bundle")
     return facts
 

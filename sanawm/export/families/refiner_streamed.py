@@ -16,7 +16,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from .generator_streamed import CHECK_BOUND, CHECK_WHOLE_BYTES
+from .generator_streamed import CHECK_WHOLE_BYTES, checked
 
 log = logging.getLogger("sanawm.export")
 ENGINE_LAYERS, CKPT_LAYERS = "core.layers.", "transformer_blocks."  # RefinerEngine name -> diffusers checkpoint key
@@ -145,13 +145,7 @@ def export_refiner_streamed(job, art, precision, a, opset, layout) -> dict:
         err, facts["ort_check_depth"] = check_graph(eng, src, art.onnx, layout, precision), eng.core.num_layers
     else:
         err, facts["ort_check_depth"] = check_depth_reduced(a, art.onnx.parent, job, layout, precision, opset)
-    facts["ort_check_fp8_forced_rel_error" if precision == "fp8" else "ort_check_rel_error"] = err
-    log.info("[%s] streamed check on ORT CPU (%d layers): %s %.2e (bound %.0e)", job.name, facts["ort_check_depth"],
-             "teacher-forced FP8 rel err" if precision == "fp8" else "rel err", err, CHECK_BOUND)
-    if not err < CHECK_BOUND:
-        raise RuntimeError(f"[{job.name}] streamed ONNX and torch disagree (rel err {err:.2e} >= {CHECK_BOUND:.0e}); "
-                           "not writing the bundle")
-    return facts
+    return checked(job.name, facts, err, precision, "layers")
 
 
 def check_graph(eng, src, onnx_path, layout, precision) -> float:

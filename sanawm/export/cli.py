@@ -209,7 +209,7 @@ def export_options(f):
         option("inputs", "--no-refiner", is_flag=True, help="do not export the refiner engines"),
         option("inputs", "--streamed", is_flag=True, help="memory-bounded generator and refiner export: the graph "
                "is traced without weights, FP8 calibration loads one block / layer at a time and the weights stream "
-               "from the official .safetensors --checkpoint (generator) and the --refiner folder's safetensors (one "
+               "from the official .safetensors or .pt --checkpoint (generator) and the --refiner folder's safetensors (one "
                "file or sharded; bf16 is cast per tensor) into <engine>.onnx.data (peak RAM ~ one block + "
                "activations); fp32 / fp8; the VAE engines take the whole-model path"),
         option("inputs", "--engines", default=None, help=f"comma list of {','.join(ALL_ENGINES)}; default: the "

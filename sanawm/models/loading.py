@@ -178,9 +178,9 @@ def _torch_error_detail(e: Exception) -> str:
     return " ".join(lines)[:300] or type(e).__name__
 
 
-def _load_training(p: Path):
+def _load_training(p: Path, mmap: bool = False):
     try:
-        return torch.load(str(p), map_location="cpu", weights_only=True)
+        return torch.load(str(p), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - re-raised with the fix
         code = _pickle_code_refs(p)
         if code:
@@ -199,6 +199,21 @@ def _load_training(p: Path):
             f"could not read training checkpoint {str(p)!r}: the file is truncated or corrupt "
             f"({p.stat().st_size} bytes; {type(e).__name__}: {_torch_error_detail(e)}); re-download it"
         ) from None
+
+
+def training_tensors(path: str | os.PathLike, mmap: bool = False) -> Mapping[str, torch.Tensor]:
+    """The tensor dict of an official / training ``.pt`` (unwrapped from a ``generator`` key), keys as stored.
+    ``mmap``: the file is mapped, not read; a tensor's bytes load when it is used (the streamed export)."""
+    p = Path(path)
+    state = _load_training(p, mmap)
+    if isinstance(state, Mapping) and "generator" in state:
+        state = state["generator"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"training checkpoint {str(p)!r} holds no tensor state dict (expected a dict of tensors, "
+            "or one under the 'generator' key)"
+        )
+    return state
 
 
 def _diffusers_dir(p: Path) -> Path:
@@ -241,15 +256,7 @@ def read_state_dict(path: str | os.PathLike, kind: str | None = None) -> tuple[d
     if kind == "official":
         return _clean_official(_load_safetensors(p)), kind
     if kind == "training":
-        state = _load_training(p)
-        if isinstance(state, Mapping) and "generator" in state:
-            state = state["generator"]
-        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(
-                f"training checkpoint {str(p)!r} holds no tensor state dict (expected a dict of tensors, "
-                "or one under the 'generator' key)"
-            )
-        return _clean_official(state), kind
+        return _clean_official(training_tensors(p)), kind
     return convert_diffusers_keys(_read_diffusers(p)), kind
 
 

@@ -202,8 +202,10 @@ def _header_shapes(files: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_shapes(path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """``(official-key tensors, kind)``: meta tensors from the headers for safetensors, the real tensors for a .pt."""
-    from .loading import _clean_official, _diffusers_dir, convert_diffusers_keys, detect_kind, read_state_dict
+    """``(official-key tensors, kind)``: meta tensors from the headers for safetensors, memory-mapped tensors for a .pt
+    (their shapes are read, their bytes are not)."""
+    from .loading import (_clean_official, _diffusers_dir, convert_diffusers_keys, detect_kind, read_state_dict,
+                          training_tensors)
 
     p = Path(path)
     kind = kind or (detect_kind(p) if p.exists() else None)
@@ -217,6 +219,8 @@ def checkpoint_shapes(path, kind: str | None = None) -> tuple[dict[str, torch.Te
                 return convert_diffusers_keys(_header_shapes(files)), kind
     except Exception:  # noqa: BLE001 - unreadable header: the full reader below says what is wrong
         pass
+    if kind == "training":
+        return _clean_official(training_tensors(p, mmap=True)), kind
     return read_state_dict(path, kind)
 
 

@@ -66,7 +66,7 @@ def test_streamed_fp32_equals_whole_model_export(ckpt, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra, fix", [
     (["--random"], "drop --streamed"),
-    (["--checkpoint", "w.pt"], "convert it to .safetensors"),
+    (["--checkpoint", "w.bin"], "convert it to .safetensors"),
     (["--checkpoint", "DIR"], "not a diffusers folder"),
     (["--checkpoint", "w.safetensors", "--precision", "nvfp4"], "change --precision"),
     (["--checkpoint", "w.safetensors", "--precision", "fp16"], "change --precision"),

@@ -51,8 +51,8 @@ def streamed_refusal(a) -> str | None:
     if Path(ck).is_dir():
         return (f"--streamed reads an official-format .safetensors file, not a diffusers folder ({ck}): pass the "
                 "official .safetensors checkpoint or drop --streamed")
-    if Path(ck).suffix != ".safetensors":
-        return (f"--streamed reads an official-format .safetensors file, not {Path(ck).suffix or 'this'} ({ck}): "
+    if Path(ck).suffix not in (".safetensors", ".pt", ".pth"):
+        return (f"--streamed reads an official .safetensors or .pt file, not {Path(ck).suffix or 'this'} ({ck}): "
                 "convert it to .safetensors or drop --streamed")
     return None
 
@@ -73,10 +73,10 @@ def weight_source(checkpoint, eng):
     """The checkpoint tensors behind ``eng``'s parameters (keys with or without the official ``model.`` prefix)."""
     from ..job import ExportInputError
     from ..scale import GENERATOR_PREFIX
-    from ..weights_stream import SafetensorsReader, StreamError, WeightSource
+    from ..weights_stream import PtReader, SafetensorsReader, StreamError, WeightSource
 
     try:
-        reader = SafetensorsReader(checkpoint)
+        reader = PtReader(checkpoint) if Path(checkpoint).suffix in (".pt", ".pth") else SafetensorsReader(checkpoint)
         nested = any(k.startswith(OFFICIAL_PREFIX + "blocks.") for k in reader.keys())
         prefix = GENERATOR_PREFIX[: -len(OFFICIAL_PREFIX)] if nested else GENERATOR_PREFIX
         return WeightSource(reader, eng, prefix)

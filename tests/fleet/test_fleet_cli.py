@@ -13,6 +13,8 @@ import pytest
 
 from sanawm.cli import main
 
+SHUTDOWN_S = 240  # bound on a clean exit after Ctrl-C (the exit code is what the test checks)
+
 
 def test_fleet_flags_need_ray_and_positive_counts(tmp_path, capsys):
     assert main(["serve", "--bundle", str(tmp_path), "--replicas", "2"]) == 2
@@ -68,6 +70,10 @@ def test_serve_ray_runs_a_local_fleet(tiny_bundle, tmp_path):
         asyncio.run(asyncio.wait_for(session(), 120))
     finally:
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=60)
+        try:  # Ray Serve's shutdown takes ~10 s alone, minutes on a loaded 2-core machine
+            rc = proc.wait(timeout=SHUTDOWN_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = f"still running {SHUTDOWN_S} s after Ctrl-C"
         log.close()
     assert rc == 0, (tmp_path / "serve.log").read_text()[-3000:]

@@ -181,7 +181,7 @@ def tiny() -> GeneratorConfig:
 
 def world() -> GeneratorConfig:
     """The trained toy world model shipped in ``sanawm/assets/tiny_world`` (``sanawm.worlds``): tiny's structure
-    at 8x12 latents (64x96 frames through an 8x VAE), 16 latent channels, 4 blocks of width 64 (small enough
+    at 8x12 latents (32x48 frames through a 4x VAE), 16 latent channels, 4 blocks of width 64 (small enough
     to train on one CPU thread in under an hour)."""
     return dataclasses.replace(tiny(), latent_height=8, latent_width=12).validate()
 

@@ -1,7 +1,7 @@
 """Vectorised numpy ray caster for ``Scene``: any c2w (OpenCV, +y down) and pinhole intrinsics.
 
 Every pixel of every frame is one batch of rays (``SUPERSAMPLE``^2 rays per pixel, box-filtered), so a clip
-renders in a fraction of a second at the tiny model's 64x96 frame. Shading is flat colour x procedural
+renders in a fraction of a second at the tiny model's 32x48 frame. Shading is flat colour x procedural
 pattern x a fixed directional light, with a little distance fog for depth cues.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from .scene import Scene
 
-SUPERSAMPLE = 2  # rays per pixel side (anti-aliasing, so frames are not harder than the scene)
+SUPERSAMPLE = 3  # rays per pixel side (anti-aliasing, so frames are not harder than the scene)
 LIGHT = np.array([0.35, -0.8, 0.45]) / np.linalg.norm([0.35, -0.8, 0.45])  # towards the light (y is down)
 FOG_COLOR = np.array([0.75, 0.78, 0.82])
 FOG_DISTANCE = 18.0  # metres for a 1/e fog blend

@@ -32,8 +32,8 @@ from .models import GENERATOR_FILE, TRAINING_JSON, VAE_DIR, world_vae_config
 from .train import CLIP_FRAMES, _log, load_data
 
 VAE_WINDOW = 17  # frames per VAE training window (2 latent frames)
-VAE_BATCH = 2
-VAE_LR = 2e-3
+VAE_BATCH = 4
+VAE_LR = 1e-3
 VAE_LATENT_L2 = 1e-3
 VAE_LATENT_NOISE = 0.02
 GEN_BATCH = 6

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from sanawm.worlds.paths import FRAME_HW
+
 av = pytest.importorskip("av")
 
 
@@ -27,12 +29,13 @@ def test_demo_from_a_fresh_folder(tmp_path):
     with av.open(str(tmp_path / "demo.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     # 3 s -> 49 video frames snapped to 24k + 1 -> the output drops the condition frame: 48
-    assert len(frames) == 48 and frames[0].shape == (64, 96, 3)
+    h, w = FRAME_HW[0] * 4, FRAME_HW[1] * 4  # --display-scale 4 (default)
+    assert len(frames) == 48 and frames[0].shape == (h, w, 3)
     assert len({f.tobytes() for f in frames}) > 1
 
-    again = _demo(tmp_path, tmp_path, "--seconds", "1.5", "--compare")
+    again = _demo(tmp_path, tmp_path, "--seconds", "1.5", "--compare", "--display-scale", "1")
     assert again.returncode == 0, again.stderr[-4000:]
     assert "building the world bundle" not in again.stderr
     with av.open(str(tmp_path / "demo.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    assert len(frames) == 24 and frames[0].shape == (64, 192, 3)  # generated | ground truth
+    assert len(frames) == 24 and frames[0].shape == (FRAME_HW[0], 2 * FRAME_HW[1], 3)  # generated | truth

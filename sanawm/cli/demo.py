@@ -86,6 +86,8 @@ def build_demo_bundle(bundle: Path) -> None:
         help="held-out scene index of the toy world (sanawm.worlds.EVAL_SEEDS)")
 @option("camera", "--action", default=None, help='camera path in the action language, e.g. "w-24,d-48,w-24"')
 @option("output", "--compare", is_flag=True, help="write generated | ray-traced ground truth side by side")
+@option("output", "--display-scale", type=click.IntRange(1, 16), default=4, show_default=True,
+        help="toy world: enlarge the 32x48 frames this many times in the MP4 (nearest neighbour; display only)")
 @option("inputs", "--random", is_flag=True,
         help="the tiny random-weight bundle and an orbit instead of the trained toy world model")
 @common_options

@@ -102,7 +102,7 @@ def enlarge(frames: np.ndarray, scale: int) -> np.ndarray:
     return frames if scale == 1 else frames.repeat(scale, axis=1).repeat(scale, axis=2)
 
 
-def strip_png(gen: np.ndarray, truth: np.ndarray, path, every: int = 8, scale: int = 2) -> None:
+def strip_png(gen: np.ndarray, truth: np.ndarray, path, every: int = 8, scale: int = 4) -> None:
     """A PNG strip of every ``every``-th frame: generated above, ground truth below (README figure)."""
     from PIL import Image
 

@@ -33,10 +33,8 @@ class TorchWorld:
         self.sampler = StreamingSampler(GeneratorStep(self.model, True), GeneratorStep(self.model, False))
 
     @torch.no_grad()
-    def generate(self, first_frame: np.ndarray, prompt, camera, num_frames: int, noise_seed: int = 0) -> np.ndarray:
-        """Frames (F - 1, H, W, 3) uint8 without the condition frame, like a runtime session."""
-        from ..models.vae import StreamingVAEDecoder
-
+    def sample(self, first_frame: np.ndarray, prompt, camera, num_frames: int, noise_seed: int = 0) -> torch.Tensor:
+        """Normalised latents [1, C, T, h, w] of a clip (T = (F - 1) / 8 + 1), before the VAE decoder."""
         cfg = self.cfg
         T = (num_frames - 1) // 8 + 1
         img = torch.from_numpy(from_uint8(first_frame))
@@ -44,8 +42,17 @@ class TorchWorld:
         noise = torch.from_numpy(clip_noise(noise_seed, (1, cfg.in_channels, T, cfg.latent_height, cfg.latent_width)))
         text, mask = prompt
         cam, pl = camera
-        z = self.sampler.sample(lat, noise, torch.as_tensor(text), torch.as_tensor(mask),
-                                torch.from_numpy(cam[None, :T]), torch.from_numpy(pl[None, :, :T]))
+        return self.sampler.sample(lat, noise, torch.as_tensor(text), torch.as_tensor(mask),
+                                   torch.from_numpy(cam[None, :T]), torch.from_numpy(pl[None, :, :T]))
+
+    @torch.no_grad()
+    def generate(self, first_frame: np.ndarray, prompt, camera, num_frames: int, noise_seed: int = 0) -> np.ndarray:
+        """Frames (F - 1, H, W, 3) uint8 without the condition frame, like a runtime session."""
+        from ..models.vae import StreamingVAEDecoder
+
+        cfg = self.cfg
+        T = (num_frames - 1) // 8 + 1
+        z = self.sample(first_frame, prompt, camera, num_frames, noise_seed)
         dec = StreamingVAEDecoder(self.vae, (cfg.latent_height, cfg.latent_width), cfg.first_chunk_size, cfg.chunk_size)
         frames = [dec.decode_chunk(z[:, :, s:e]) for s, e in cfg.chunk_bounds(T)]
         return to_uint8(torch.cat(frames, dim=2).numpy())  # the runtime's own conversion

@@ -6,7 +6,8 @@ Stages, each resumable (finished stages are skipped, running ones restart from t
 2. ``vae``: train the tiny LTX-2 causal VAE on random 17-frame windows of those clips.
 3. ``latents``: encode every clip, set the VAE's per-channel latent mean/std so latents are unit scale.
 4. ``gen``: train the ``world`` SANA-WM generator with flow matching in the streaming regime.
-5. ``ship``: write the weights (safetensors) and ``training.json`` to ``--ship`` (the package assets).
+5. ``decoder``: fine-tune the VAE decoder with the encoder frozen (``--dec-steps``; latents stay as trained on).
+6. ``ship``: write the weights (safetensors) and ``training.json`` to ``--ship`` (the package assets).
 
 Deterministic for a seed: every random draw of step i comes from a generator seeded with (seed, stage, i), so
 a resumed run continues exactly as an uninterrupted one. One torch thread by default. Losses go to
@@ -59,12 +60,13 @@ def load_data(work: Path, clips: int) -> dict[str, np.ndarray]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sanawm.worlds.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="working folder (data, checkpoints, loss.tsv)")
-    ap.add_argument("--stages", default="data,vae,latents,gen,ship", help="comma-separated stages to run")
+    ap.add_argument("--stages", default="data,vae,latents,gen,decoder,ship", help="comma-separated stages to run")
     ap.add_argument("--clips", type=int, default=600, help="training clips of 73 frames")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="training seed (init, batches, noise)")
     ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--gen-steps", type=int, default=6000)
+    ap.add_argument("--dec-steps", type=int, default=0, help="decoder fine-tune steps after gen (0: skip the stage)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--ship", type=Path, default=None, help="asset folder for the shipped weights")
     return ap
@@ -77,9 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-    unknown = sorted(set(stages) - {"data", "vae", "latents", "gen", "ship"})
+    unknown = sorted(set(stages) - {"data", "vae", "latents", "gen", "decoder", "ship"})
     if unknown:
-        raise SystemExit(f"unknown stages {unknown}; choose from data,vae,latents,gen,ship")
+        raise SystemExit(f"unknown stages {unknown}; choose from data,vae,latents,gen,decoder,ship")
     a.work.mkdir(parents=True, exist_ok=True)
     if "data" in stages:
         stage_data(a.work, a.clips, a.data_seed)

@@ -136,6 +136,19 @@ def _to_uint8(y: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
+def heldout_psnr(vae, clips: int = 16, frames: int = 25) -> list[float]:
+    """Reconstruction PSNR of held-out clips (never trained on) through encoder and decoder."""
+    C = vae.config["latent_channels"]
+    out = []
+    for seed, action in eval_pairs(clips):
+        clip = render_clip(seed, action, frames)
+        x = torch.from_numpy(to_video_tensor(clip.frames))[None]
+        y = vae.decoder(vae.encoder(x, causal=True)[:, :C], causal=True)[0].clamp(-1, 1)
+        out.append(_psnr(_to_uint8(y), clip.frames))
+    return out
+
+
+@torch.no_grad()
 def encode_latents(work: Path, a) -> None:
     """Encode all clips, set the latent mean/std, save the VAE folder and the normalised latents; measure the
     VAE's reconstruction PSNR on held-out clips."""
@@ -165,12 +178,7 @@ def encode_latents(work: Path, a) -> None:
     vae.latents_mean.copy_(mean)
     vae.latents_std.copy_(std)
     zn = normalize_latents(z, mean, std, float(vae.config["scaling_factor"]))
-    psnrs = []
-    for seed, action in eval_pairs(16):
-        clip = render_clip(seed, action, 25)
-        x = torch.from_numpy(to_video_tensor(clip.frames))[None]
-        y = vae.decoder(vae.encoder(x, causal=True)[:, :C], causal=True)[0].clamp(-1, 1)
-        psnrs.append(_psnr(_to_uint8(y), clip.frames))
+    psnrs = heldout_psnr(vae)
     vae.save_pretrained(work / VAE_DIR, safe_serialization=True)
     (work / "vae_eval.json").write_text(json.dumps({"heldout_clips": 16, "frames": 25, "psnr_db": psnrs,
                                                     "mean_psnr_db": float(np.mean(psnrs))}, indent=1))
@@ -296,6 +304,10 @@ def run_stages(a, stages: list[str]) -> None:
         encode_latents(work, a)
     if "gen" in stages:
         train_gen(work, a)
+    if "decoder" in stages:
+        from .decoder_stage import train_decoder
+
+        train_decoder(work, a)
     if "ship" in stages:
         if a.ship is None:
             raise SystemExit("the ship stage needs --ship DIR (e.g. sanawm/assets/tiny_world)")

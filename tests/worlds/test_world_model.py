@@ -96,14 +96,14 @@ def test_training_steps_lower_the_loss(tmp_path):
     from sanawm.worlds import train, trainer
 
     torch.set_num_threads(1)
-    args = ["--work", str(tmp_path), "--stages", "data,vae", "--clips", "2", "--vae-steps", "2"]
+    args = ["--work", str(tmp_path), "--stages", "data,vae", "--clips", "4", "--vae-steps", "2"]  # clips >= VAE_BATCH
     assert train.main(args) == 0
     assert (tmp_path / "vae_ckpt.pt").is_file() and (tmp_path / "loss.tsv").read_text().startswith("vae\t2\t")
     assert torch.load(tmp_path / "vae_ckpt.pt", weights_only=True)["step"] == 2
 
     from sanawm.models.transformer import SanaWMGenerator
 
-    d = train.load_data(tmp_path, 2)
+    d = train.load_data(tmp_path, 4)
     rng = np.random.default_rng(0)
     data = {"latents": rng.standard_normal((2, 16, 10, 8, 12)).astype(np.float32), "camera": d["camera"],
             "plucker": d["plucker"]}
@@ -119,3 +119,34 @@ def test_training_steps_lower_the_loss(tmp_path):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch):
+    """The decoder fine-tune (on encoder latents and on the generator's samples) changes only the decoder: encoder
+    weights and latent statistics (what the generator was trained on) stay bit-identical, the decoder moves, and
+    the held-out PSNR is re-measured into vae_eval.json."""
+    from sanawm.models.vae import load_vae
+    from sanawm.worlds import decoder_stage, train, trainer
+
+    torch.set_num_threads(1)
+    fast = trainer.heldout_psnr
+    for mod in (trainer, decoder_stage):
+        monkeypatch.setattr(mod, "heldout_psnr", lambda vae: fast(vae, clips=1, frames=9))
+    base = ["--work", str(tmp_path), "--clips", "4", "--vae-steps", "2"]
+    assert train.main(base + ["--stages", "data,vae,latents"]) == 0
+    from sanawm.models.transformer import SanaWMGenerator
+
+    torch.manual_seed(0)  # the stage samples the trained generator; any generator exercises the path
+    torch.save({"model": SanaWMGenerator(world()).state_dict(), "step": 0}, tmp_path / "gen_ckpt.pt")
+    before = load_vae(tmp_path / "vae").state_dict()
+    assert train.main(base + ["--stages", "decoder", "--dec-steps", "3"]) == 0
+    assert np.load(tmp_path / "gen_latents.npz")["latents"].shape == (4, 16, 7, 8, 12)
+    after = load_vae(tmp_path / "vae").state_dict()
+    enc = [k for k in before if k.startswith("encoder.") or k.startswith("latents_")]
+    dec = [k for k in before if k.startswith("decoder.")]
+    assert enc and dec
+    assert all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+    ev = json.loads((tmp_path / "vae_eval.json").read_text())
+    assert ev["decoder_steps"] == 3 and len(ev["psnr_db"]) == 1
+    assert (tmp_path / "loss.tsv").read_text().splitlines()[-1].startswith("decoder\t3\t")

@@ -13,10 +13,10 @@ the same streaming sampler, ``sanawm.export.calibration``) vs on N(0, 1) text / 
 (the old default, ``generator_calibration``); all blocks FP8 vs the first and last block kept FP32; activation
 scales by max vs percentile:99.99.
 
-Caveats, stated in the result file: the world model is a 4-block, width-64 toy trained for under an hour on a
-CPU, and its text encoder is a random tiny Gemma whose features have no outlier channels; real Gemma features do,
-so ``--outlier-scale`` multiplies ``OUTLIER_CHANNELS`` of the text features (evaluation prompt and the real
-calibration prompts alike; N(0, 1) calibration text has none, as before).
+Caveats, stated in the result file: the world model is a 4-block, width-64 toy whose generator trained for about
+an hour on one CPU thread, and its text encoder is a random tiny Gemma whose features have no outlier channels;
+real Gemma features do, so ``--outlier-scale`` multiplies ``OUTLIER_CHANNELS`` of the text features (evaluation
+prompt and the real calibration prompts alike; N(0, 1) calibration text has none, as before).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
               f" max {rows[-1]['max']:.4f}", flush=True)
     result = {
         "what": "FP8 (torch fake quant = the exported Q/DQ graph) vs FP32 latents per streaming chunk, shipped world model",
-        "caveats": ["world model: 4 blocks, width 64, trained < 1 h on a CPU (undertrained toy, not SANA-WM)",
+        "caveats": ["world model: 4 blocks, width 64, generator trained ~1 h on one CPU thread (a toy, not SANA-WM)",
                     f"text features: random tiny Gemma; channels {list(OUTLIER_CHANNELS)} scaled x{a.outlier_scale} "
                     "to stand in for real Gemma outlier channels (eval prompt and real calibration prompts)",
                     "one held-out clip, one noise seed; each run free-running on its own outputs"],

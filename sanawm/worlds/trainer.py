@@ -283,7 +283,7 @@ def ship(work: Path, a) -> None:
         "command": "python -m sanawm.worlds.train " + " ".join(sys.argv[1:]),
         "generator_config": "world", "generator_config_dict": world().to_dict(), "vae_config": world_vae_config(),
         "seed": a.seed, "data_seed": a.data_seed, "clips": a.clips, "clip_frames": CLIP_FRAMES,
-        "vae_steps": a.vae_steps, "gen_steps": a.gen_steps, "vae_batch": VAE_BATCH, "gen_batch": GEN_BATCH,
+        "vae_steps": a.vae_steps, "gen_steps": a.gen_steps, "dec_steps": a.dec_steps, "vae_batch": VAE_BATCH, "gen_batch": GEN_BATCH,
         "vae_window": VAE_WINDOW, "prompts": list(PROMPTS), "chunk_p": list(CHUNK_P),
         "training_scene_seeds": "drawn from [0, 1000000) by (data_seed, clip index); see sanawm.worlds.data",
         "heldout_scene_seeds": [1_000_000, 1_000_512],

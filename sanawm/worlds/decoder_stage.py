@@ -109,6 +109,8 @@ def train_decoder(work: Path, a) -> None:
     vae.eval()
     psnrs = heldout_psnr(vae)
     vae.save_pretrained(work / VAE_DIR, safe_serialization=True)
+    cfg = work / VAE_DIR / "config.json"  # loaded from a path, diffusers records it: keep local paths out of the asset
+    cfg.write_text(json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if k != "_name_or_path"}, indent=2) + "\n")
     ev = json.loads((work / "vae_eval.json").read_text())
     ev.update(decoder_steps=a.dec_steps, psnr_db=psnrs, mean_psnr_db=float(np.mean(psnrs)))
     (work / "vae_eval.json").write_text(json.dumps(ev, indent=1))

@@ -1,6 +1,7 @@
 """Train the tiny world model on CPU: ``python -m sanawm.worlds.train --work DIR``.
 
-Stages, each resumable (finished stages are skipped, running ones restart from their last checkpoint):
+The defaults are the shipped model's recipe (about 2 h on one CPU thread). Stages, each resumable (finished
+stages are skipped, running ones restart from their last checkpoint):
 
 1. ``data``: render ``--clips`` training clips (random scenes and action paths, never a held-out seed) in parts.
 2. ``vae``: train the tiny LTX-2 causal VAE on random 17-frame windows of those clips.
@@ -61,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sanawm.worlds.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="working folder (data, checkpoints, loss.tsv)")
     ap.add_argument("--stages", default="data,vae,latents,gen,decoder,ship", help="comma-separated stages to run")
-    ap.add_argument("--clips", type=int, default=600, help="training clips of 73 frames")
+    ap.add_argument("--clips", type=int, default=200, help="training clips of 73 frames")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="training seed (init, batches, noise)")
-    ap.add_argument("--vae-steps", type=int, default=1500)
-    ap.add_argument("--gen-steps", type=int, default=6000)
-    ap.add_argument("--dec-steps", type=int, default=0, help="decoder fine-tune steps after gen (0: skip the stage)")
+    ap.add_argument("--vae-steps", type=int, default=2500)
+    ap.add_argument("--gen-steps", type=int, default=3000)
+    ap.add_argument("--dec-steps", type=int, default=1500, help="decoder fine-tune steps after gen (0: skip the stage)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--ship", type=Path, default=None, help="asset folder for the shipped weights")
     return ap

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 
 from .data import to_video_tensor
 from .models import GENERATOR_FILE, VAE_DIR
-from .train import CLIP_FRAMES, _log, load_data
-from .trainer import (CKPT_EVERY, PROMPTS, VAE_BATCH, VAE_WINDOW, _bar, _load, _lr, _resume, _rng, _save, heldout_psnr,
-                      text_bank)
+from .train import load_data
+from .trainer import PROMPTS, _load, _lr, _progress, _resume, _rng, heldout_psnr, text_bank, vae_windows
 
 DEC_LR = 3e-4
 DEC_LATENT_NOISE = 0.1  # in normalised-latent units (~ the VAE stage's 0.02 raw): the generator's latents are imperfect
@@ -46,8 +45,9 @@ def generated_latents(work: Path, a, data: dict) -> np.ndarray:
     out = []
     for i in range(len(data["frames"])):
         p = i % len(PROMPTS)
-        out.append(tw.sample(data["frames"][i, 0], (text[p:p + 1].numpy(), mask[p:p + 1].numpy()),
-                             (data["camera"][i], data["plucker"][i]), DEC_GEN_FRAMES, noise_seed=a.seed * 100_003 + i)[0])
+        prompt = (text[p:p + 1].numpy(), mask[p:p + 1].numpy())
+        camera = (data["camera"][i], data["plucker"][i])
+        out.append(tw.sample(data["frames"][i, 0], prompt, camera, DEC_GEN_FRAMES, noise_seed=a.seed * 100_003 + i)[0])
         if (i + 1) % 25 == 0:
             print(f"decoder: sampled {i + 1} clips", file=sys.stderr, flush=True)
     z = torch.stack(out).numpy()
@@ -79,12 +79,7 @@ def train_decoder(work: Path, a) -> None:
     acc = []
     for step in range(start, a.dec_steps):
         rng = _rng(a.seed, 3, step)
-        idx = rng.choice(len(frames), VAE_BATCH, replace=False)
-        s = rng.integers(0, CLIP_FRAMES - VAE_WINDOW + 1, VAE_BATCH)
-        clips = [frames[i, j:j + VAE_WINDOW] for i, j in zip(idx, s)]
-        clips = [c[:, :, ::-1] if rng.random() < 0.5 else c for c in clips]
-        x = torch.from_numpy(np.stack([to_video_tensor(c) for c in clips]))
-        noise = torch.from_numpy(rng.standard_normal((VAE_BATCH, C, 3, 8, 12)).astype(np.float32))
+        x, noise = vae_windows(frames, rng, C)
         for g in opt.param_groups:
             g["lr"] = _lr(step, a.dec_steps, DEC_LR, warmup=20)
         with torch.no_grad():
@@ -100,17 +95,14 @@ def train_decoder(work: Path, a) -> None:
         torch.nn.utils.clip_grad_norm_(vae.decoder.parameters(), 1.0)
         opt.step()
         acc.append(F.mse_loss(yg.detach(), xg).item())  # the generated-sample error: what the stage improves
-        if (step + 1) % 10 == 0:
-            _bar("decoder", step + 1, a.dec_steps, float(np.mean(acc[-10:])), t0, start)
-        if (step + 1) % CKPT_EVERY == 0 or step + 1 == a.dec_steps:
-            _log(work, "decoder", step + 1, float(np.mean(acc[-CKPT_EVERY:])), t0)
-            _save(work / "dec_ckpt.pt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+        _progress(work, "decoder", step + 1, a.dec_steps, acc, t0, start, work / "dec_ckpt.pt", vae, opt)
     print(file=sys.stderr)
     vae.eval()
     psnrs = heldout_psnr(vae)
     vae.save_pretrained(work / VAE_DIR, safe_serialization=True)
     cfg = work / VAE_DIR / "config.json"  # loaded from a path, diffusers records it: keep local paths out of the asset
-    cfg.write_text(json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if k != "_name_or_path"}, indent=2) + "\n")
+    kept = {k: v for k, v in json.loads(cfg.read_text()).items() if k != "_name_or_path"}
+    cfg.write_text(json.dumps(kept, indent=2) + "\n")
     ev = json.loads((work / "vae_eval.json").read_text())
     ev.update(decoder_steps=a.dec_steps, psnr_db=psnrs, mean_psnr_db=float(np.mean(psnrs)))
     (work / "vae_eval.json").write_text(json.dumps(ev, indent=1))

@@ -1,11 +1,11 @@
 """The tiny world model's two networks (build side): the ``world`` generator config and its causal VAE.
 
-The VAE is the LTX-2 ``AutoencoderKLLTX2Video`` structure (causal 3-D convs, residual depth-to-space
-up blocks, reflect padding) shrunk to 32x48 frames: patch 2, one spatial and three temporal down blocks give 4x spatial and 8x
-temporal compression (the full VAE's 32x would leave a 1x1 latent), so latents are 16 x 8 x 12 per 8 frames.
-The decoder mirrors it with two temporal then one spatio-temporal up block. Why 4x and 32x48, not 8x and
-64x96: on one CPU thread the 8x VAE reached only ~18 dB in the training budget (the first frame alone, 12x
-compressed, no better), while 4x at 32x48 trains ~3x faster per step and reconstructs better at equal steps.
+The VAE is the LTX-2 ``AutoencoderKLLTX2Video`` structure (causal 3-D convs, residual depth-to-space up blocks,
+reflect padding) shrunk to 32x48 frames: patch 2, one spatial and three temporal down blocks give 4x spatial and
+8x temporal compression (the full VAE's 32x would leave a 1x1 latent), so latents are 16 x 8 x 12 per 8 frames.
+The decoder mirrors it with two temporal then one spatio-temporal up block. Why 4x and 32x48, not 8x and 64x96:
+on one CPU thread the 8x VAE reached only ~18 dB in the training budget (the first frame alone, 12x compressed,
+no better), while 4x at 32x48 trains ~3x faster per step and reconstructs better at equal steps.
 """
 
 from __future__ import annotations

@@ -84,6 +84,28 @@ def _bar(stage: str, step: int, total: int, loss: float, t0: float, start: int =
           f"{rate:.2f} s/step", end="", file=sys.stderr, flush=True)
 
 
+def _progress(work: Path, stage: str, done: int, total: int, acc: list, t0: float, start: int, ckpt: Path, model,
+              opt) -> None:
+    """After step ``done`` of a stage: the progress bar every 10 steps; loss.tsv and the checkpoint every
+    CKPT_EVERY steps and at the end."""
+    if done % 10 == 0:
+        _bar(stage, done, total, float(np.mean(acc[-10:])), t0, start)
+    if done % CKPT_EVERY == 0 or done == total:
+        _log(work, stage, done, float(np.mean(acc[-CKPT_EVERY:])), t0)
+        _save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "step": done})
+
+
+def vae_windows(frames: np.ndarray, rng: np.random.Generator, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A VAE training batch: VAE_BATCH random VAE_WINDOW-frame windows of the clips (each mirrored with p 0.5) as
+    [-1, 1] video tensors, and unit latent noise for their 3 latent frames."""
+    idx = rng.choice(len(frames), VAE_BATCH, replace=False)
+    s = rng.integers(0, CLIP_FRAMES - VAE_WINDOW + 1, VAE_BATCH)
+    clips = [frames[i, j:j + VAE_WINDOW] for i, j in zip(idx, s)]
+    clips = [c[:, :, ::-1] if rng.random() < 0.5 else c for c in clips]  # horizontal flip
+    x = torch.from_numpy(np.stack([to_video_tensor(c) for c in clips]))
+    return x, torch.from_numpy(rng.standard_normal((VAE_BATCH, channels, 3, 8, 12)).astype(np.float32))
+
+
 # ----------------------------------------------------------------------------------------------------- VAE
 def train_vae(work: Path, a) -> None:
     from ..models.vae import build_vae
@@ -98,13 +120,7 @@ def train_vae(work: Path, a) -> None:
     t0 = time.perf_counter()
     acc = []
     for step in range(start, a.vae_steps):
-        rng = _rng(a.seed, 1, step)
-        idx = rng.choice(len(frames), VAE_BATCH, replace=False)
-        s = rng.integers(0, CLIP_FRAMES - VAE_WINDOW + 1, VAE_BATCH)
-        clips = [frames[i, j:j + VAE_WINDOW] for i, j in zip(idx, s)]
-        clips = [c[:, :, ::-1] if rng.random() < 0.5 else c for c in clips]  # horizontal flip
-        x = torch.from_numpy(np.stack([to_video_tensor(c) for c in clips]))
-        noise = torch.from_numpy(rng.standard_normal((VAE_BATCH, C, 3, 8, 12)).astype(np.float32))
+        x, noise = vae_windows(frames, _rng(a.seed, 1, step), C)
         for g in opt.param_groups:
             g["lr"] = _lr(step, a.vae_steps, VAE_LR, warmup=50)
         z = vae.encoder(x, causal=True)[:, :C]
@@ -116,11 +132,7 @@ def train_vae(work: Path, a) -> None:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         acc.append(F.mse_loss(y.detach(), x).item())
-        if (step + 1) % 10 == 0:
-            _bar("vae", step + 1, a.vae_steps, float(np.mean(acc[-10:])), t0, start)
-        if (step + 1) % CKPT_EVERY == 0 or step + 1 == a.vae_steps:
-            _log(work, "vae", step + 1, float(np.mean(acc[-CKPT_EVERY:])), t0)
-            _save(work / "vae_ckpt.pt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+        _progress(work, "vae", step + 1, a.vae_steps, acc, t0, start, work / "vae_ckpt.pt", vae, opt)
     print(file=sys.stderr)
     (work / "vae_trained").write_text("ok\n")
 
@@ -257,11 +269,7 @@ def train_gen(work: Path, a) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         acc.append(loss.item())
-        if (step + 1) % 10 == 0:
-            _bar("gen", step + 1, a.gen_steps, float(np.mean(acc[-10:])), t0, start)
-        if (step + 1) % CKPT_EVERY == 0 or step + 1 == a.gen_steps:
-            _log(work, "gen", step + 1, float(np.mean(acc[-CKPT_EVERY:])), t0)
-            _save(work / "gen_ckpt.pt", {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+        _progress(work, "gen", step + 1, a.gen_steps, acc, t0, start, work / "gen_ckpt.pt", model, opt)
     print(file=sys.stderr)
     (work / "gen_trained").write_text("ok\n")
 
@@ -283,7 +291,8 @@ def ship(work: Path, a) -> None:
         "command": "python -m sanawm.worlds.train " + " ".join(sys.argv[1:]),
         "generator_config": "world", "generator_config_dict": world().to_dict(), "vae_config": world_vae_config(),
         "seed": a.seed, "data_seed": a.data_seed, "clips": a.clips, "clip_frames": CLIP_FRAMES,
-        "vae_steps": a.vae_steps, "gen_steps": a.gen_steps, "dec_steps": a.dec_steps, "vae_batch": VAE_BATCH, "gen_batch": GEN_BATCH,
+        "vae_steps": a.vae_steps, "gen_steps": a.gen_steps, "dec_steps": a.dec_steps,
+        "vae_batch": VAE_BATCH, "gen_batch": GEN_BATCH,
         "vae_window": VAE_WINDOW, "prompts": list(PROMPTS), "chunk_p": list(CHUNK_P),
         "training_scene_seeds": "drawn from [0, 1000000) by (data_seed, clip index); see sanawm.worlds.data",
         "heldout_scene_seeds": [1_000_000, 1_000_512],

@@ -60,7 +60,8 @@ def test_weights_ship_in_the_package_with_their_record():
 # +1.40 dB camera-following (random generator weights: below both). The gain threshold stays as written, marked
 # strict xfail, so a better model turns it into a failure-to-fail (XPASS) and the mark must then be removed.
 SHORTFALL = ("shipped toy model is +0.79 dB over repeat-first-frame, short of the issue's 1 dB (see "
-             "bench/results/quality-cpu.json): its VAE reconstructs held-out clips at 20.3 dB, the baseline scores 19.4")
+             "bench/results/quality-cpu.json): its VAE reconstructs held-out clips at 20.3 dB, "
+             "the baseline scores 19.4")
 
 
 @pytest.mark.slow

@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality-cpu.json"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--strip", type=Path, default=None, help="also write a PNG strip (generated above, truth below) "
-                    "of the first pair from the first bundle, e.g. docs/world-strip.png")
+                    "of pairs --strip-pairs from the first bundle, e.g. docs/world-strip.png")
+    ap.add_argument("--strip-pairs", default="0,2", help="comma-separated pair indices shown in --strip")
     a = ap.parse_args(argv)
     import torch
 
@@ -115,8 +116,8 @@ def main(argv=None) -> int:
         from sanawm.worlds.data import render_clip
         from sanawm.worlds.demo import strip_png
 
-        seed, action = pairs[0]
-        strip_png(results[names[0]][0]["_gen"], render_clip(seed, action, F).frames[1:], a.strip)
+        shown = [int(i) for i in a.strip_pairs.split(",")]
+        strip_png([(results[names[0]][i]["_gen"], render_clip(*pairs[i], F).frames[1:]) for i in shown], a.strip)
     table = {}
     for name in names:
         s = summarize(results[name], a.seconds)

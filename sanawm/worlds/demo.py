@@ -102,12 +102,18 @@ def enlarge(frames: np.ndarray, scale: int) -> np.ndarray:
     return frames if scale == 1 else frames.repeat(scale, axis=1).repeat(scale, axis=2)
 
 
-def strip_png(gen: np.ndarray, truth: np.ndarray, path, every: int = 8, scale: int = 4) -> None:
-    """A PNG strip of every ``every``-th frame: generated above, ground truth below (README figure)."""
+def strip_png(clips: list[tuple[np.ndarray, np.ndarray]], path, every: int = 8, scale: int = 4) -> None:
+    """A PNG of every ``every``-th frame of each (generated, truth) clip: generated above its ground truth, clips
+    stacked with a wider gap (README figure)."""
     from PIL import Image
 
-    idx = list(range(every - 1, len(gen), every))
-    top = np.concatenate([gen[i] for i in idx], axis=1)
-    bottom = np.concatenate([truth[i] for i in idx], axis=1)
-    img = np.concatenate([top, np.full((2, top.shape[1], 3), 255, np.uint8), bottom], axis=0)
+    blocks = []
+    for gen, truth in clips:
+        idx = list(range(every - 1, len(gen), every))
+        top = np.concatenate([gen[i] for i in idx], axis=1)
+        bottom = np.concatenate([truth[i] for i in idx], axis=1)
+        if blocks:
+            blocks.append(np.full((6, top.shape[1], 3), 255, np.uint8))
+        blocks += [top, np.full((2, top.shape[1], 3), 255, np.uint8), bottom]
+    img = np.concatenate(blocks, axis=0)
     Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(path)

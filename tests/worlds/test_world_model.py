@@ -56,11 +56,11 @@ def test_weights_ship_in_the_package_with_their_record():
 
 
 # The shipped weights (about 2 h of training on one CPU thread, training.json) follow the camera but do NOT yet beat
-# repeat-first-frame by the issue's 1 dB: on these 6 pairs they measure +0.79 dB against repeat-first-frame and
-# +1.40 dB camera-following (random generator weights: below both). The gain threshold stays as written, marked
+# repeat-first-frame by the issue's 1 dB: on these 6 pairs they measure +0.72 dB against repeat-first-frame and
+# +1.42 dB camera-following (random generator weights: below both). The gain threshold stays as written, marked
 # strict xfail, so a better model turns it into a failure-to-fail (XPASS) and the mark must then be removed.
-SHORTFALL = ("shipped toy model is +0.79 dB over repeat-first-frame, short of the issue's 1 dB (see "
-             "bench/results/quality-cpu.json): its VAE reconstructs held-out clips at 20.3 dB, "
+SHORTFALL = ("shipped toy model is +0.72 dB over repeat-first-frame, short of the issue's 1 dB (see "
+             "bench/results/quality-cpu.json): its VAE reconstructs held-out clips at 20.7 dB, "
              "the baseline scores 19.4")
 
 
@@ -123,9 +123,8 @@ def test_training_steps_lower_the_loss(tmp_path):
 
 
 def test_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch):
-    """The decoder fine-tune (on encoder latents and on the generator's samples) changes only the decoder: encoder
-    weights and latent statistics (what the generator was trained on) stay bit-identical, the decoder moves, and
-    the held-out PSNR is re-measured into vae_eval.json."""
+    """The decoder fine-tune changes only the decoder: encoder weights and latent statistics (what the generator was
+    trained on) stay bit-identical, the decoder moves, and the held-out PSNR is re-measured into vae_eval.json."""
     from sanawm.models.vae import load_vae
     from sanawm.worlds import decoder_stage, train, trainer
 
@@ -135,13 +134,8 @@ def test_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch):
         monkeypatch.setattr(mod, "heldout_psnr", lambda vae: fast(vae, clips=1, frames=9))
     base = ["--work", str(tmp_path), "--clips", "4", "--vae-steps", "2"]
     assert train.main(base + ["--stages", "data,vae,latents"]) == 0
-    from sanawm.models.transformer import SanaWMGenerator
-
-    torch.manual_seed(0)  # the stage samples the trained generator; any generator exercises the path
-    torch.save({"model": SanaWMGenerator(world()).state_dict(), "step": 0}, tmp_path / "gen_ckpt.pt")
     before = load_vae(tmp_path / "vae").state_dict()
     assert train.main(base + ["--stages", "decoder", "--dec-steps", "3"]) == 0
-    assert np.load(tmp_path / "gen_latents.npz")["latents"].shape == (4, 16, 7, 8, 12)
     after = load_vae(tmp_path / "vae").state_dict()
     enc = [k for k in before if k.startswith("encoder.") or k.startswith("latents_")]
     dec = [k for k in before if k.startswith("decoder.")]

@@ -39,3 +39,8 @@ def test_demo_from_a_fresh_folder(tmp_path):
     with av.open(str(tmp_path / "demo.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 24 and frames[0].shape == (FRAME_HW[0], 2 * FRAME_HW[1], 3)  # generated | truth
+
+    before = (tmp_path / "demo.mp4").read_bytes()
+    bad = _demo(tmp_path, tmp_path, "--scene", "512")  # EVAL_SEEDS holds 512 held-out scenes: 0..511
+    assert bad.returncode == 2 and "--scene" in bad.stderr and "0<=x<=511" in bad.stderr, bad.stderr[-2000:]
+    assert (tmp_path / "demo.mp4").read_bytes() == before  # a refused run leaves the earlier output alone

@@ -18,6 +18,8 @@ import click
 import numpy as np
 
 from ..constants import GENERATOR_ENGINES, VAE_ENGINES
+from ..worlds.demo import DEMO_SCENE
+from ..worlds.scene import EVAL_SEEDS
 from .base import SectionedCommand, UserError, common_options, option, say
 from .inputs import default_intrinsics, read_manifest, target_num_frames
 from .prompting import encode_for_run, prompt_inputs
@@ -82,8 +84,9 @@ def build_demo_bundle(bundle: Path) -> None:
 @option("prompt", "--cache-dir", help="prompt cache (default: $SANAWM_CACHE/prompts or ~/.cache/sanawm/prompts)")
 @option("inputs", "--bundle-dir", default="sanawm-demo-bundle", show_default=True,
         help="where the bundle is built (reused when present)")
-@option("camera", "--scene", type=int, default=0, show_default=True,
-        help="held-out scene index of the toy world (sanawm.worlds.EVAL_SEEDS)")
+@option("camera", "--scene", type=click.IntRange(0, len(EVAL_SEEDS) - 1), default=DEMO_SCENE, show_default=True,
+        help="held-out scene index of the toy world (sanawm.worlds.EVAL_SEEDS); the default is one where the toy "
+             "model shows the room's layout, many others come out as grey texture (README)")
 @option("camera", "--action", default=None, help='camera path in the action language, e.g. "w-24,d-48,w-24"')
 @option("output", "--compare", is_flag=True, help="write generated | ray-traced ground truth side by side")
 @option("output", "--display-scale", type=click.IntRange(1, 16), default=4, show_default=True,

@@ -5,8 +5,9 @@ Refusals raise ``UserError`` (one line, exit 2) before Ray starts.
 
 from __future__ import annotations
 
+import signal
 import sys
-import time
+import threading
 from pathlib import Path
 
 from ..cli.base import UserError
@@ -69,14 +70,20 @@ def serve_ray(args, bundle: Path, limits) -> int:
         cfg.check()
     except ValueError as e:
         raise UserError(str(e)) from None
-    try:  # Ctrl-C is how a server stops, also while Serve is still reporting the deployment healthy
+    # Ctrl-C / SIGTERM is how a server stops. A handler that only sets an event, not KeyboardInterrupt: a Ctrl-C
+    # that lands inside serve.run() was swallowed by Ray there, and the CLI then served on, deaf to it.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
         run(cfg, args.host, args.port, blocking=False)
-        print(f"sanawm serve --ray: {bundle} on http://{args.host}:{args.port}/ ({replicas} replicas x "
-              f"{cfg.sessions_per_replica} sessions; snapshots in {snapshot_dir})", file=sys.stderr)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        if not stop.is_set():
+            print(f"sanawm serve --ray: {bundle} on http://{args.host}:{args.port}/ ({replicas} replicas x "
+                  f"{cfg.sessions_per_replica} sessions; snapshots in {snapshot_dir})", file=sys.stderr)
+        while not stop.wait(1.0):
+            pass
         print("sanawm serve --ray: stopping the fleet", file=sys.stderr)
     finally:
         serve.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

@@ -73,14 +73,15 @@ def weight_source(checkpoint, eng):
     """The checkpoint tensors behind ``eng``'s parameters (keys with or without the official ``model.`` prefix)."""
     from ..job import ExportInputError
     from ..scale import GENERATOR_PREFIX
+    from ...models.loading import CheckpointError, detect_kind
     from ..weights_stream import PtReader, SafetensorsReader, StreamError, WeightSource
 
     try:
-        reader = PtReader(checkpoint) if Path(checkpoint).suffix in (".pt", ".pth") else SafetensorsReader(checkpoint)
+        reader = PtReader(checkpoint) if detect_kind(checkpoint) == "training" else SafetensorsReader(checkpoint)
         nested = any(k.startswith(OFFICIAL_PREFIX + "blocks.") for k in reader.keys())
         prefix = GENERATOR_PREFIX[: -len(OFFICIAL_PREFIX)] if nested else GENERATOR_PREFIX
         return WeightSource(reader, eng, prefix)
-    except StreamError as e:
+    except (StreamError, CheckpointError) as e:
         raise ExportInputError(str(e)) from None
 
 

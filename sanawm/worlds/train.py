@@ -10,6 +10,10 @@ stages are skipped, running ones restart from their last checkpoint):
 5. ``decoder``: fine-tune the VAE decoder with the encoder frozen (``--dec-steps``; latents stay as trained on).
 6. ``ship``: write the weights (safetensors) and ``training.json`` to ``--ship`` (the package assets).
 
+``--init DIR`` continues training from an earlier model's weights (the shipped assets): the VAE and the generator
+start from DIR's weights, with the same schedules. The shipped model is such a continuation; its training.json
+keeps the parent recipe under ``parent``.
+
 Deterministic for a seed: every random draw of step i comes from a generator seeded with (seed, stage, i), so
 a resumed run continues exactly as an uninterrupted one. One torch thread by default. Losses go to
 ``DIR/loss.tsv`` (stage, step, loss, seconds).
@@ -70,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dec-steps", type=int, default=1500, help="decoder fine-tune steps after gen (0: skip the stage)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--ship", type=Path, default=None, help="asset folder for the shipped weights")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="warm start: begin the vae and gen stages from the weights in this asset folder (e.g. the "
+                         "shipped sanawm/assets/tiny_world) instead of a random init; recorded in training.json")
     return ap
 
 
@@ -83,6 +90,14 @@ def main(argv=None) -> int:
     unknown = sorted(set(stages) - {"data", "vae", "latents", "gen", "decoder", "ship"})
     if unknown:
         raise SystemExit(f"unknown stages {unknown}; choose from data,vae,latents,gen,decoder,ship")
+    if a.init is not None:
+        from .models import shipped_paths
+
+        try:
+            shipped_paths(a.init)
+        except ValueError:
+            raise SystemExit(f"--init {a.init}: no trained world model there (need generator.safetensors and "
+                             "vae/config.json); point it at an asset folder such as sanawm/assets/tiny_world") from None
     a.work.mkdir(parents=True, exist_ok=True)
     if "data" in stages:
         stage_data(a.work, a.clips, a.data_seed)

@@ -117,6 +117,10 @@ def train_vae(work: Path, a) -> None:
     C = vae.config["latent_channels"]
     opt = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
     start = _resume(work / "vae_ckpt.pt", vae, opt)
+    if start == 0 and getattr(a, "init", None) is not None:  # warm start (a resumed run has its own checkpoint)
+        from ..models.vae import load_vae
+
+        vae.load_state_dict(load_vae(Path(a.init) / VAE_DIR).state_dict())
     t0 = time.perf_counter()
     acc = []
     for step in range(start, a.vae_steps):
@@ -257,6 +261,10 @@ def train_gen(work: Path, a) -> None:
     model = SanaWMGenerator(world()).train()
     opt = torch.optim.AdamW(model.parameters(), lr=GEN_LR, weight_decay=0.01)
     start = _resume(work / "gen_ckpt.pt", model, opt)
+    if start == 0 and getattr(a, "init", None) is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(Path(a.init) / GENERATOR_FILE))
     t0 = time.perf_counter()
     acc = []
     for step in range(start, a.gen_steps):
@@ -287,6 +295,10 @@ def ship(work: Path, a) -> None:
         shutil.rmtree(out / VAE_DIR)
     shutil.copytree(work / VAE_DIR, out / VAE_DIR)
     losses = [ln.split("\t") for ln in (work / "loss.tsv").read_text().splitlines()]
+    parent = None
+    if getattr(a, "init", None) is not None:  # read before the new files replace it (--init and --ship may coincide)
+        pj = Path(a.init) / TRAINING_JSON
+        parent = {k: v for k, v in json.loads(pj.read_text()).items() if k != "loss_curve"} if pj.is_file() else {}
     info = {
         "command": "python -m sanawm.worlds.train " + " ".join(sys.argv[1:]),
         "generator_config": "world", "generator_config_dict": world().to_dict(), "vae_config": world_vae_config(),
@@ -299,6 +311,8 @@ def ship(work: Path, a) -> None:
         "vae_heldout": json.loads((work / "vae_eval.json").read_text()),
         "loss_curve": [{"stage": s, "step": int(n), "loss": float(v), "seconds": float(t)} for s, n, v, t in losses],
         "torch": torch.__version__, "threads": a.threads,
+        "init": None if parent is None else "warm start from the parent model's weights (see parent)",
+        "parent": parent,
     }
     (out / TRAINING_JSON).write_text(json.dumps(info, indent=1) + "\n")
     print(f"ship: weights and {TRAINING_JSON} in {out}", file=sys.stderr)

@@ -146,3 +146,36 @@ def test_decoder_stage_keeps_the_latent_space(tmp_path, monkeypatch):
     assert ev["decoder_steps"] == 3 and len(ev["psnr_db"]) == 1
     assert "_name_or_path" not in json.loads((tmp_path / "vae" / "config.json").read_text())  # no local paths shipped
     assert (tmp_path / "loss.tsv").read_text().splitlines()[-1].startswith("decoder\t3\t")
+
+
+def test_init_warm_starts_from_an_asset_folder(tmp_path, monkeypatch):
+    """``--init DIR`` starts the VAE and the generator from DIR's weights (how the shipped model continues its
+    parent's training), ship records the parent recipe, and a folder without a model is refused with the fix."""
+    from safetensors.torch import load_file
+
+    from sanawm.models.vae import build_vae, load_vae
+    from sanawm.worlds import train, trainer
+    from sanawm.worlds.models import VAE_DIR, world_vae_config
+
+    torch.set_num_threads(1)
+    fast = trainer.heldout_psnr
+    monkeypatch.setattr(trainer, "heldout_psnr", lambda vae: fast(vae, clips=1, frames=9))
+    with pytest.raises(SystemExit, match="--init .*no trained world model there"):
+        train.main(["--work", str(tmp_path / "w"), "--init", str(tmp_path)])
+    args = ["--work", str(tmp_path / "w"), "--clips", "4", "--vae-steps", "1", "--gen-steps", "1", "--dec-steps", "0",
+            "--init", str(ASSET_DIR), "--ship", str(tmp_path / "ship")]
+    assert train.main(args) == 0
+
+    def dist(a, b):
+        return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k.endswith("weight"))
+
+    vae = torch.load(tmp_path / "w" / "vae_ckpt.pt", weights_only=True)["model"]
+    parent_vae = load_vae(ASSET_DIR / VAE_DIR).state_dict()
+    fresh_vae = build_vae(world_vae_config(), seed=0).state_dict()
+    assert dist(vae, parent_vae) < 0.01 < dist(vae, fresh_vae)  # one warm-up step away from the parent
+    gen = torch.load(tmp_path / "w" / "gen_ckpt.pt", weights_only=True)["model"]
+    parent_gen = load_file(ASSET_DIR / GENERATOR_FILE)
+    assert dist(gen, parent_gen) < 0.01
+    info = json.loads((tmp_path / "ship" / TRAINING_JSON).read_text())
+    parent = json.loads((ASSET_DIR / TRAINING_JSON).read_text())
+    assert info["init"] and info["parent"]["vae_steps"] == parent["vae_steps"] and "loss_curve" not in info["parent"]

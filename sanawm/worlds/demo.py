@@ -22,7 +22,7 @@ from .scene import EVAL_SEEDS
 
 DEMO_ENGINES = GENERATOR_ENGINES + VAE_ENGINES
 DEMO_ACTION = "w-24,d-48,w-24"  # forward, turn right, forward: the world visibly follows the camera
-DEMO_SCENE = 2  # index into EVAL_SEEDS: the shipped toy model shows this room's layout (index 0 comes out grey)
+DEMO_SCENE = 2  # index into EVAL_SEEDS: a turn past a pillar and a box, where following the camera shows
 DEMO_PROMPT = "a road"  # = sanawm.cli.DEMO_PROMPT (<= 6 bytes: the tiny text encoder keeps 8 tokens)
 WORLD_CHECKPOINT = "world"  # sanawm-export spelling of the shipped weights
 

@@ -1,6 +1,7 @@
 """Train the tiny world model on CPU: ``python -m sanawm.worlds.train --work DIR``.
 
-The defaults are the shipped model's recipe (about 2 h on one CPU thread). Stages, each resumable (finished
+The defaults are the first model's recipe from scratch (about 2 h on one CPU thread); the shipped model continues
+it with ``--init`` (its training.json holds both runs). Stages, each resumable (finished
 stages are skipped, running ones restart from their last checkpoint):
 
 1. ``data``: render ``--clips`` training clips (random scenes and action paths, never a held-out seed) in parts.
@@ -22,7 +23,6 @@ a resumed run continues exactly as an uninterrupted one. One torch thread by def
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -12,8 +12,7 @@ stages are skipped, running ones restart from their last checkpoint):
 6. ``ship``: write the weights (safetensors) and ``training.json`` to ``--ship`` (the package assets).
 
 ``--init DIR`` continues training from an earlier model's weights (the shipped assets): the VAE and the generator
-start from DIR's weights, with the same schedules. The shipped model is such a continuation; its training.json
-keeps the parent recipe under ``parent``.
+start from DIR's weights, with the same schedules; training.json keeps the parent recipe under ``parent``.
 
 Deterministic for a seed: every random draw of step i comes from a generator seeded with (seed, stage, i), so
 a resumed run continues exactly as an uninterrupted one. One torch thread by default. Losses go to

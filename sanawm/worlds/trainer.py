@@ -117,7 +117,7 @@ def train_vae(work: Path, a) -> None:
     C = vae.config["latent_channels"]
     opt = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
     start = _resume(work / "vae_ckpt.pt", vae, opt)
-    if start == 0 and getattr(a, "init", None) is not None:  # warm start (a resumed run has its own checkpoint)
+    if start == 0 and a.init is not None:  # warm start (a resumed run has its own checkpoint)
         from ..models.vae import load_vae
 
         vae.load_state_dict(load_vae(Path(a.init) / VAE_DIR).state_dict())
@@ -261,7 +261,7 @@ def train_gen(work: Path, a) -> None:
     model = SanaWMGenerator(world()).train()
     opt = torch.optim.AdamW(model.parameters(), lr=GEN_LR, weight_decay=0.01)
     start = _resume(work / "gen_ckpt.pt", model, opt)
-    if start == 0 and getattr(a, "init", None) is not None:
+    if start == 0 and a.init is not None:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(Path(a.init) / GENERATOR_FILE))
@@ -296,7 +296,7 @@ def ship(work: Path, a) -> None:
     shutil.copytree(work / VAE_DIR, out / VAE_DIR)
     losses = [ln.split("\t") for ln in (work / "loss.tsv").read_text().splitlines()]
     parent = None
-    if getattr(a, "init", None) is not None:  # read before the new files replace it (--init and --ship may coincide)
+    if a.init is not None:  # read before training.json is rewritten below (--init and --ship may coincide)
         pj = Path(a.init) / TRAINING_JSON
         parent = {k: v for k, v in json.loads(pj.read_text()).items() if k != "loss_curve"} if pj.is_file() else {}
     info = {
